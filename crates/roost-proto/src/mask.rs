@@ -1,0 +1,72 @@
+//! Masking and unmasking (RFC 6455 §5.3).
+//!
+//! XOR with a 4-byte key, eight bytes at a time in safe code. `offset` lets a payload that
+//! arrives in pieces be unmasked piece by piece.
+
+/// XORs `buf` in place with `key`, as if `buf` started `offset` bytes into the payload.
+///
+/// Masking and unmasking are the same operation.
+pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    let mut key = key;
+    key.rotate_left(offset % 4);
+    let word = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ word).to_ne_bytes());
+    }
+    for (byte, k) in chunks.into_remainder().iter_mut().zip(key.iter().cycle()) {
+        *byte ^= k;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reference(buf: &mut [u8], key: [u8; 4], offset: usize) {
+        for (i, byte) in buf.iter_mut().enumerate() {
+            *byte ^= key[(offset + i) % 4];
+        }
+    }
+
+    #[test]
+    fn rfc_6455_section_5_7_masked_hello() {
+        let mut payload = [0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        apply_mask(&mut payload, [0x37, 0xfa, 0x21, 0x3d], 0);
+        assert_eq!(&payload, b"Hello");
+    }
+
+    proptest! {
+        #[test]
+        fn matches_the_bytewise_definition(
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            key in any::<[u8; 4]>(),
+            offset in 0usize..7,
+        ) {
+            let mut fast = data.clone();
+            let mut slow = data;
+            apply_mask(&mut fast, key, offset);
+            reference(&mut slow, key, offset);
+            prop_assert_eq!(fast, slow);
+        }
+
+        #[test]
+        fn piecewise_equals_whole(
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            key in any::<[u8; 4]>(),
+            cut in 0usize..300,
+        ) {
+            let cut = cut.min(data.len());
+            let mut whole = data.clone();
+            apply_mask(&mut whole, key, 0);
+            let mut pieces = data;
+            let (a, b) = pieces.split_at_mut(cut);
+            apply_mask(a, key, 0);
+            apply_mask(b, key, cut);
+            prop_assert_eq!(whole, pieces);
+        }
+    }
+}
