@@ -90,7 +90,10 @@ pub struct CloseFrame {
 impl CloseFrame {
     /// A close frame with `code` and `reason`.
     pub fn new(code: impl Into<CloseCode>, reason: impl Into<Utf8Bytes>) -> Self {
-        CloseFrame { code: code.into(), reason: reason.into() }
+        CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -138,10 +141,14 @@ mod tests {
 
     #[test]
     fn valid_codes_follow_rfc_6455_section_7_4() {
-        for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014] {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+        ] {
             assert!(CloseCode(code).is_valid_received(), "{code}");
         }
-        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535] {
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!CloseCode(code).is_valid_received(), "{code}");
         }
         assert!(CloseCode(3000).is_valid_received());
@@ -152,12 +159,17 @@ mod tests {
     fn close_payloads_parse_or_fail_with_the_reason() {
         assert_eq!(parse_close_payload(&[]), Ok(None));
         assert_eq!(parse_close_payload(&[3]), Err(ClosePayloadError::Truncated));
-        assert_eq!(parse_close_payload(&[3, 237]), Err(ClosePayloadError::InvalidCode(1005)));
+        assert_eq!(
+            parse_close_payload(&[3, 237]),
+            Err(ClosePayloadError::InvalidCode(1005))
+        );
         assert_eq!(
             parse_close_payload(&[3, 232, 0xff]),
             Err(ClosePayloadError::InvalidReason)
         );
-        let frame = parse_close_payload(&[3, 232, b'b', b'y', b'e']).unwrap().unwrap();
+        let frame = parse_close_payload(&[3, 232, b'b', b'y', b'e'])
+            .unwrap()
+            .unwrap();
         assert_eq!(frame.code, CloseCode::NORMAL);
         assert_eq!(frame.reason.as_str(), "bye");
     }

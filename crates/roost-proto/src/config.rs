@@ -30,7 +30,9 @@ impl Default for Config {
 impl Config {
     /// A builder starting from the defaults.
     pub fn builder() -> ConfigBuilder {
-        ConfigBuilder { config: Config::default() }
+        ConfigBuilder {
+            config: Config::default(),
+        }
     }
 
     /// The size limits and timeouts.
@@ -49,7 +51,7 @@ impl Config {
     }
 
     /// Whether fragments are assembled into messages (the default) or delivered one by one
-    /// as [`crate::Event::Frame`].
+    /// as [`crate::Message::Frame`].
     pub fn assemble_messages(&self) -> bool {
         self.assemble_messages
     }
@@ -131,7 +133,7 @@ impl ConfigBuilder {
         self
     }
 
-    /// Deliver each data frame as [`crate::Event::Frame`] instead of assembling messages.
+    /// Deliver each data frame as [`crate::Message::Frame`] instead of assembling messages.
     /// Default false. UTF-8 is still validated across the fragments of a text message.
     pub fn assemble_messages(mut self, assemble: bool) -> Self {
         self.config.assemble_messages = assemble;
@@ -246,7 +248,10 @@ impl Default for DeflateConfig {
 impl DeflateConfig {
     /// Permessage-deflate switched off.
     pub fn disabled() -> Self {
-        DeflateConfig { enabled: false, ..DeflateConfig::default() }
+        DeflateConfig {
+            enabled: false,
+            ..DeflateConfig::default()
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -282,11 +287,17 @@ mod tests {
     fn out_of_range_values_are_refused_with_their_name() {
         let err = Config::builder().max_message_size(0).build().unwrap_err();
         assert!(err.to_string().contains("max_message_size"), "{err}");
-        let deflate = DeflateConfig { server_max_window_bits: 16, ..DeflateConfig::default() };
+        let deflate = DeflateConfig {
+            server_max_window_bits: 16,
+            ..DeflateConfig::default()
+        };
         let err = Config::builder().deflate(deflate).build().unwrap_err();
         assert_eq!(
             err,
-            ConfigError::InvalidWindowBits { name: "server_max_window_bits", value: 16 }
+            ConfigError::InvalidWindowBits {
+                name: "server_max_window_bits",
+                value: 16
+            }
         );
     }
 }

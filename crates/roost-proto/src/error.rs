@@ -20,6 +20,10 @@ pub enum ProtocolError {
     /// A client sent a frame without a mask (RFC 6455 §5.1).
     #[error("client frame is not masked")]
     UnmaskedClientFrame,
+    /// A client sent a masked frame although the no-masking extension was negotiated
+    /// (draft-damjanovic-websockets-nomasking-02 §3).
+    #[error("client frame is masked although no-masking was negotiated")]
+    MaskedClientFrame,
     /// A server sent a masked frame (RFC 6455 §5.1).
     #[error("server frame is masked")]
     MaskedServerFrame,
@@ -186,6 +190,18 @@ pub enum HandshakeError {
     /// The hook chose a subprotocol the client did not offer.
     #[error("the request hook selected subprotocol {0:?}, which the client did not offer")]
     HookSelectedUnofferedProtocol(String),
+    /// Client: the URI cannot be connected to as given; the message says why.
+    #[error("invalid WebSocket URI {0}")]
+    InvalidUri(String),
+    /// Client: an extra header would override one the handshake writes itself.
+    #[error("header {0} is written by the handshake itself: remove it from the extra headers")]
+    ReservedHeader(String),
+    /// Client: a subprotocol to offer is not an HTTP token (RFC 6455 §4.1).
+    #[error("subprotocol {0:?} is not a token: use visible ASCII without separators")]
+    InvalidProtocol(String),
+    /// Bytes were fed to a handshake reader that already returned its head or an error.
+    #[error("the handshake already finished: hand later bytes to the connection")]
+    AlreadyFinished,
 }
 
 impl HandshakeError {
@@ -196,7 +212,9 @@ impl HandshakeError {
             HandshakeError::MethodNotGet(_) => 405,
             HandshakeError::UnsupportedVersion => 426,
             HandshakeError::Rejected(status) => *status,
-            HandshakeError::HookSelectedUnofferedProtocol(_) => 500,
+            HandshakeError::HookSelectedUnofferedProtocol(_) | HandshakeError::AlreadyFinished => {
+                500
+            }
             _ => 400,
         }
     }

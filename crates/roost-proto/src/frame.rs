@@ -178,7 +178,7 @@ impl FrameHeader {
 }
 
 /// One frame for the frame-level API: sent with [`crate::Connection::send_frame`] and received as
-/// [`crate::Event::Frame`] when message assembly is off.
+/// [`crate::Message::Frame`] when message assembly is off.
 ///
 /// Payloads are unmasked and, under permessage-deflate, already inflated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +194,11 @@ pub struct Frame {
 impl Frame {
     /// A frame with the given parts.
     pub fn new(fin: bool, opcode: OpCode, payload: impl Into<Bytes>) -> Self {
-        Frame { fin, opcode, payload: payload.into() }
+        Frame {
+            fin,
+            opcode,
+            payload: payload.into(),
+        }
     }
 }
 
@@ -236,7 +240,10 @@ mod tests {
         // 256 bytes binary message in a single unmasked frame: 0x82 0x7E 0x0100
         assert_eq!(decode(&[0x82, 0x7E, 0x01, 0x00]).payload_len, 256);
         // 64 KiB: 0x82 0x7F 0x0000000000010000
-        assert_eq!(decode(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]).payload_len, 65536);
+        assert_eq!(
+            decode(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]).payload_len,
+            65536
+        );
     }
 
     #[test]
@@ -250,9 +257,18 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_rejected() {
-        assert_eq!(FrameHeader::decode(&[0x83, 0]), Err(ProtocolError::ReservedOpcode(3)));
-        assert_eq!(FrameHeader::decode(&[0x8B, 0]), Err(ProtocolError::ReservedOpcode(0xB)));
-        assert_eq!(FrameHeader::decode(&[0x09, 0]), Err(ProtocolError::FragmentedControlFrame));
+        assert_eq!(
+            FrameHeader::decode(&[0x83, 0]),
+            Err(ProtocolError::ReservedOpcode(3))
+        );
+        assert_eq!(
+            FrameHeader::decode(&[0x8B, 0]),
+            Err(ProtocolError::ReservedOpcode(0xB))
+        );
+        assert_eq!(
+            FrameHeader::decode(&[0x09, 0]),
+            Err(ProtocolError::FragmentedControlFrame)
+        );
         assert_eq!(
             FrameHeader::decode(&[0x89, 126, 0, 126]),
             Err(ProtocolError::OversizedControlFrame(126))
@@ -261,7 +277,10 @@ mod tests {
             FrameHeader::decode(&[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0]),
             Err(ProtocolError::InvalidLength)
         );
-        assert_eq!(FrameHeader::decode(&[0x82, 126, 0, 5]), Err(ProtocolError::NonMinimalLength));
+        assert_eq!(
+            FrameHeader::decode(&[0x82, 126, 0, 5]),
+            Err(ProtocolError::NonMinimalLength)
+        );
     }
 
     #[test]

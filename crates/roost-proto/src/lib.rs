@@ -16,9 +16,9 @@
 //! # Example: a server connection in memory
 //! ```
 //! use std::time::Instant;
-//! use roost_proto::{Config, Connection, Event, Message, Negotiated, Role};
+//! use roost_proto::{Config, Connection, Event, Message, Negotiated};
 //!
-//! let mut server = Connection::new(Role::Server, Config::default(), Negotiated::default());
+//! let mut server = Connection::server(Config::default(), Negotiated::default());
 //! // A masked text frame "Hello" (RFC 6455 §5.7).
 //! server.receive(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58], Instant::now());
 //! let Some(Event::Message(Message::Text(text))) = server.next_event() else { panic!() };
@@ -29,18 +29,21 @@
 
 pub mod close;
 pub mod config;
-#[cfg(feature = "deflate")]
+pub mod connection;
 pub mod deflate;
 pub mod error;
 pub mod extension;
 pub mod frame;
+pub mod handshake;
 pub mod mask;
 pub mod message;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, ConfigBuilder, DeflateConfig, Limits};
+pub use connection::{CloseInitiator, CloseStatus, Connection, Event, MaskSource, Role};
 pub use error::{ConfigError, HandshakeError, ProtocolError, UsageError};
 pub use extension::{DeflateParams, Negotiated};
 pub use frame::{Frame, OpCode};
+pub use handshake::{Accepted, ClientAccepted, ClientHandshake, Rejected, RequestReader};
 pub use message::{Message, Utf8Bytes};

@@ -4,7 +4,7 @@ use std::{fmt, ops::Deref};
 
 use bytes::Bytes;
 
-use crate::close::CloseFrame;
+use crate::{close::CloseFrame, frame::Frame};
 
 /// Shared, immutable bytes that are valid UTF-8: a text payload without copies.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -112,6 +112,9 @@ pub enum Message {
     Pong(Bytes),
     /// A close frame; `None` when it carried no status code (1005).
     Close(Option<CloseFrame>),
+    /// A single frame of the frame-level API: received when message assembly is off, sent
+    /// to fragment a message by hand.
+    Frame(Frame),
 }
 
 impl Message {
@@ -136,6 +139,7 @@ impl Message {
             Message::Text(text) => text.len(),
             Message::Binary(bytes) | Message::Ping(bytes) | Message::Pong(bytes) => bytes.len(),
             Message::Close(frame) => frame.as_ref().map_or(0, |f| 2 + f.reason.len()),
+            Message::Frame(frame) => frame.payload.len(),
         }
     }
 

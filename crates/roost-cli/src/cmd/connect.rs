@@ -1,0 +1,62 @@
+//! `roost connect`: an interactive client.
+
+use anyhow::Context as _;
+use roost::{ClientBuilder, Message};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Arguments of `roost connect`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The server URL, ws:// or wss://.
+    url: String,
+    /// Offer a subprotocol (repeatable).
+    #[arg(long = "protocol")]
+    protocols: Vec<String>,
+    /// PEM file with extra root certificates to trust for wss:// (a private CA, a test cert).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let mut builder = ClientBuilder::new(&args.url)?;
+    for protocol in args.protocols {
+        builder = builder.protocol(protocol);
+    }
+    if let Some(ca) = &args.ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        builder = builder.tls_config(roost::tls::client_config_with_pem_roots(&pem)?);
+    }
+    let (mut ws, _response) = builder
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.url))?;
+    eprintln!(
+        "connected to {}{}",
+        args.url,
+        ws.protocol().map(|p| format!(" ({p})")).unwrap_or_default()
+    );
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            line = lines.next_line(), if stdin_open => match line? {
+                Some(line) => ws.send(Message::text(line)).await?,
+                None => {
+                    stdin_open = false;
+                    ws.close(Some(roost::CloseFrame::new(roost::CloseCode::NORMAL, ""))).await?;
+                }
+            },
+            message = ws.recv() => match message {
+                Some(Ok(Message::Text(text))) => println!("{text}"),
+                Some(Ok(Message::Binary(data))) => println!("<{} bytes of binary>", data.len()),
+                Some(Ok(Message::Close(frame))) => {
+                    eprintln!("closed by the server: {}", frame.map_or("no status".to_owned(), |f| f.to_string()));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(error).context("connection failed"),
+                None => break,
+            },
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! `roost serve`: the echo app over ws:// or wss://.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use roost::{Config, Message};
+use tokio::net::{TcpSocket, TcpStream};
+use tracing::{debug, info, warn};
+
+/// Arguments of `roost serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The application to run.
+    #[arg(long, value_enum, default_value_t = App::Echo)]
+    app: App,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    /// PEM certificate chain: serve wss:// (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Largest message accepted, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_message_size: usize,
+    /// Do not negotiate permessage-deflate.
+    #[arg(long)]
+    no_compression: bool,
+}
+
+/// The applications `roost serve` can run.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum App {
+    /// Echo every text and binary message back with the same type.
+    Echo,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let mut deflate = roost::DeflateConfig::default();
+    deflate.enabled = !args.no_compression;
+    let config = Config::builder()
+        .max_message_size(args.max_message_size)
+        .max_frame_size(args.max_message_size)
+        .deflate(deflate)
+        .build()
+        .context("invalid limits")?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let cert_pem =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let key_pem =
+                std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+            let config = roost::tls::server_config_from_pem(&cert_pem, &key_pem)
+                .context("loading the TLS certificate and key")?;
+            Some(roost::tls::TlsAcceptor::from(config))
+        }
+        _ => None,
+    };
+    let socket = if args.listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(args.listen)
+        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = socket.listen(4096)?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    info!(app = ?args.app, "listening on {scheme}://{}", listener.local_addr()?);
+    let config = Arc::new(config);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let (config, tls) = (config.clone(), tls.clone());
+                    tokio::spawn(async move {
+                        if let Err(error) = serve_connection(tcp, &config, tls).await {
+                            debug!(%peer, %error, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(error) => {
+                    // Out of file descriptors and similar: keep serving once it clears.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => {
+                info!("interrupted, stopping");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    config: &Config,
+    tls: Option<roost::tls::TlsAcceptor>,
+) -> Result<(), roost::Error> {
+    tcp.set_nodelay(true)?;
+    match tls {
+        Some(acceptor) => {
+            let stream =
+                tokio::time::timeout(config.limits().handshake_timeout, acceptor.accept(tcp))
+                    .await
+                    .map_err(|_| roost::Error::Timeout("the TLS handshake took too long"))??;
+            echo(roost::accept_with(stream, config, |_, response| Ok(response)).await?).await
+        }
+        None => echo(roost::accept_with(tcp, config, |_, response| Ok(response)).await?).await,
+    }
+}
+
+async fn echo<S>(mut ws: roost::WebSocket<S>) -> Result<(), roost::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(message) = ws.recv().await {
+        match message? {
+            message @ (Message::Text(_) | Message::Binary(_)) => ws.send(message).await?,
+            _ => {}
+        }
+    }
+    debug!(status = ?ws.close_status(), "connection closed");
+    Ok(())
+}

@@ -1,0 +1,908 @@
+//! The WebSocket connection state machine (RFC 6455 §5–§7), after the opening handshake.
+//!
+//! # Theory of operation
+//!
+//! A [`Connection`] owns no socket and no clock. The driver calls, in a loop:
+//!
+//! 1. [`Connection::receive`] with bytes read from the socket (and the current time), or
+//!    [`Connection::receive_eof`] when the peer hung up;
+//! 2. [`Connection::next_event`] until it returns `None`: messages, pings, the peer's close;
+//! 3. commands such as [`Connection::send_text`] or [`Connection::close`] at any time;
+//! 4. [`Connection::pending_output`] / [`Connection::consume_output`] to write what is queued:
+//!    data, automatic pongs, close replies;
+//! 5. [`Connection::next_deadline`] to arm a timer, and [`Connection::on_deadline`] when it
+//!    fires;
+//! 6. once [`Connection::is_finished`], it writes what is still pending and closes the socket.
+//!
+//! The read side and the write side keep separate states:
+//!
+//! | read side        | meaning                                                           |
+//! |------------------|-------------------------------------------------------------------|
+//! | `Open`           | frames are parsed                                                 |
+//! | `CloseReceived`  | the peer's close frame arrived; later bytes are ignored           |
+//! | `Failed`         | the peer broke the protocol; a close frame with its code is queued |
+//! | `Ended`          | the transport ended without a close frame (1006)                  |
+//!
+//! | write side  | meaning                                                    |
+//! |-------------|------------------------------------------------------------|
+//! | `Open`      | messages may be sent                                       |
+//! | `CloseSent` | our close frame is queued; nothing more may be sent        |
+//!
+//! So "the peer said close and we still owe a close frame" never exists: receiving a close
+//! queues the reply at once. A close we start arms a deadline
+//! ([`crate::Limits::close_timeout`]) so a silent peer cannot hold the connection. A client
+//! whose close handshake completed waits (bounded by the same timeout) for the server to close
+//! the TCP connection first, as RFC 6455 §7.1.1 asks.
+
+use std::{collections::VecDeque, fmt, time::Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::{
+    close::{CloseCode, CloseFrame, ClosePayloadError, MAX_CLOSE_REASON, parse_close_payload},
+    config::Config,
+    deflate::DeflateCodec,
+    error::{ProtocolError, UsageError},
+    extension::Negotiated,
+    frame::{Frame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode},
+    mask::apply_mask,
+    message::{Message, Utf8Bytes},
+    utf8::Utf8Validator,
+};
+
+/// Which end of the connection this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Sends masked frames, expects unmasked ones.
+    Client,
+    /// Sends unmasked frames, expects masked ones.
+    Server,
+}
+
+/// Where a client's masking keys come from (RFC 6455 §5.3: unpredictable, one per frame).
+///
+/// The core has no randomness of its own; drivers pass a CSPRNG-backed source, tests a fixed
+/// one.
+pub trait MaskSource: Send {
+    /// The key for the next frame.
+    fn next_mask(&mut self) -> [u8; 4];
+}
+
+impl<F: FnMut() -> [u8; 4] + Send> MaskSource for F {
+    fn next_mask(&mut self) -> [u8; 4] {
+        self()
+    }
+}
+
+/// Something the connection has to tell its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A complete message, a ping (already answered), a pong, or the peer's close frame
+    /// (already answered). With message assembly off
+    /// ([`crate::ConfigBuilder::assemble_messages`]), data arrives as [`Message::Frame`].
+    Message(Message),
+    /// The peer broke the protocol. A close frame with [`ProtocolError::close_code`] is queued
+    /// and nothing more is read.
+    Failed(ProtocolError),
+}
+
+/// Who ended the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseInitiator {
+    /// This endpoint sent the first close frame.
+    Local,
+    /// The peer sent the first close frame.
+    Peer,
+    /// This endpoint failed the connection because the peer broke the protocol.
+    ProtocolViolation,
+    /// The transport ended, or the close timeout ran out, without a complete close handshake.
+    Lost,
+}
+
+/// How the connection ended, once it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseStatus {
+    /// Who ended it.
+    pub initiator: CloseInitiator,
+    /// The code that describes the end: the peer's code when it sent a close frame (1005 when
+    /// that frame had none), ours when we failed the connection, 1006 when it was lost.
+    pub code: CloseCode,
+    /// The reason that goes with `code`.
+    pub reason: Utf8Bytes,
+    /// Both close frames were exchanged.
+    pub clean: bool,
+}
+
+enum ReadState {
+    Open,
+    CloseReceived(Option<CloseFrame>),
+    Failed(CloseCode, Utf8Bytes),
+    Ended,
+}
+
+enum WriteState {
+    Open,
+    CloseSent { at: Instant },
+}
+
+/// The frame being read: its header and how much payload is still to come.
+struct InFrame {
+    header: FrameHeader,
+    remaining: u64,
+    /// Payload bytes read so far, the offset into the mask.
+    read: usize,
+}
+
+/// A data message being assembled (or, without assembly, the message whose frames pass by).
+struct InMessage {
+    opcode: OpCode,
+    compressed: bool,
+    /// Payload bytes of the message so far, after inflation.
+    len: usize,
+    /// Without assembly: a frame of this message was already delivered.
+    delivered: bool,
+}
+
+/// A WebSocket connection after the handshake, for either role. See the module docs for
+/// the call order.
+pub struct Connection {
+    role: Role,
+    config: Config,
+    negotiated: Negotiated,
+    masks: Option<Box<dyn MaskSource>>,
+    deflate: Option<DeflateCodec>,
+
+    read: ReadState,
+    write: WriteState,
+    initiator: Option<CloseInitiator>,
+    eof: bool,
+    timed_out: bool,
+    /// The time of the latest `receive`, for what parsing queues later.
+    now: Option<Instant>,
+    /// Received bytes waiting behind an event the application has not taken yet.
+    unparsed: BytesMut,
+
+    header: [u8; MAX_HEADER_LEN],
+    header_len: usize,
+    frame: Option<InFrame>,
+    message: Option<InMessage>,
+    /// Payload of the data message (or frame) being received, unmasked and inflated.
+    payload: BytesMut,
+    /// Compressed payload of the current frame, inflated when the frame ends.
+    compressed: BytesMut,
+    control: Vec<u8>,
+    utf8: Utf8Validator,
+
+    /// Opcode of the fragmented message being sent through [`Connection::send_frame`].
+    sending_fragmented: Option<OpCode>,
+    send_utf8: Utf8Validator,
+    scratch: Vec<u8>,
+    out: BytesMut,
+    events: VecDeque<Event>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("role", &self.role)
+            .field("negotiated", &self.negotiated)
+            .field("pending_output", &self.out.len())
+            .field("close_status", &self.close_status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// A server-side connection with what the handshake negotiated.
+    pub fn server(config: Config, negotiated: Negotiated) -> Self {
+        Self::new(Role::Server, config, negotiated, None)
+    }
+
+    /// A client-side connection; `masks` supplies a fresh masking key for every frame.
+    pub fn client(
+        config: Config,
+        negotiated: Negotiated,
+        masks: impl MaskSource + 'static,
+    ) -> Self {
+        Self::new(Role::Client, config, negotiated, Some(Box::new(masks)))
+    }
+
+    fn new(
+        role: Role,
+        config: Config,
+        negotiated: Negotiated,
+        masks: Option<Box<dyn MaskSource>>,
+    ) -> Self {
+        let deflate = negotiated
+            .deflate
+            .map(|params| DeflateCodec::new(role == Role::Server, params, config.deflate()));
+        Connection {
+            role,
+            config,
+            negotiated,
+            masks,
+            deflate,
+            read: ReadState::Open,
+            write: WriteState::Open,
+            initiator: None,
+            eof: false,
+            timed_out: false,
+            now: None,
+            unparsed: BytesMut::new(),
+            header: [0; MAX_HEADER_LEN],
+            header_len: 0,
+            frame: None,
+            message: None,
+            payload: BytesMut::new(),
+            compressed: BytesMut::new(),
+            control: Vec::new(),
+            utf8: Utf8Validator::new(),
+            sending_fragmented: None,
+            send_utf8: Utf8Validator::new(),
+            scratch: Vec::new(),
+            out: BytesMut::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// This endpoint's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The extensions in force.
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.negotiated
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ----- read side -------------------------------------------------------------------
+
+    /// Feeds bytes read from the transport. Events become available through
+    /// [`Connection::next_event`]; replies (pongs, close) through
+    /// [`Connection::pending_output`]. Bytes after the peer's close frame, or after a protocol
+    /// error, are ignored.
+    ///
+    /// Frames are parsed one event at a time: bytes behind an event wait (copied once) until
+    /// the application asks for the next one. So the application can answer a message before
+    /// a protocol error further on in the same read closes the connection.
+    pub fn receive(&mut self, input: &[u8], now: Instant) {
+        self.now = Some(now);
+        if !self.unparsed.is_empty() || !self.events.is_empty() {
+            self.unparsed.extend_from_slice(input);
+            return;
+        }
+        let consumed = self.parse(input);
+        if consumed < input.len() && matches!(self.read, ReadState::Open) {
+            self.unparsed.extend_from_slice(&input[consumed..]);
+        }
+    }
+
+    /// Parses `input` until it is used up or an event is produced; returns the bytes consumed.
+    fn parse(&mut self, mut input: &[u8]) -> usize {
+        let total = input.len();
+        while !input.is_empty() && matches!(self.read, ReadState::Open) && self.events.is_empty() {
+            let step = match self.frame.as_ref() {
+                None => self.receive_header(input),
+                Some(frame) => {
+                    let n = input
+                        .len()
+                        .min(usize::try_from(frame.remaining).unwrap_or(usize::MAX));
+                    self.receive_payload(&input[..n]).map(|()| n)
+                }
+            };
+            match step {
+                Ok(consumed) => input = &input[consumed..],
+                Err(error) => self.fail(error),
+            }
+        }
+        total - input.len()
+    }
+
+    /// The time of the `receive` whose bytes are being parsed.
+    fn parse_time(&self) -> Instant {
+        self.now
+            .expect("parsing only runs on bytes given to receive, which sets the time")
+    }
+
+    /// Parses bytes that waited behind earlier events.
+    fn parse_unparsed(&mut self) {
+        let unparsed = std::mem::take(&mut self.unparsed);
+        let consumed = self.parse(&unparsed);
+        if consumed < unparsed.len() && matches!(self.read, ReadState::Open) {
+            self.unparsed = unparsed;
+            let _ = self.unparsed.split_to(consumed);
+        } else {
+            // Keep the allocation for the next time bytes have to wait.
+            self.unparsed = unparsed;
+            self.unparsed.clear();
+        }
+    }
+
+    /// The transport ended (a read returned 0 bytes or an error).
+    pub fn receive_eof(&mut self) {
+        self.eof = true;
+        if matches!(self.read, ReadState::Open) {
+            self.read = ReadState::Ended;
+            self.initiator.get_or_insert(CloseInitiator::Lost);
+        }
+    }
+
+    fn receive_header(&mut self, input: &[u8]) -> Result<usize, ProtocolError> {
+        let before = self.header_len;
+        let decoded = if before == 0 {
+            FrameHeader::decode(input)?
+        } else {
+            let take = input.len().min(MAX_HEADER_LEN - before);
+            self.header[before..before + take].copy_from_slice(&input[..take]);
+            FrameHeader::decode(&self.header[..before + take])?
+        };
+        let Some((header, header_len)) = decoded else {
+            // Incomplete: keep all of it (fewer than MAX_HEADER_LEN bytes in total).
+            let take = input.len().min(MAX_HEADER_LEN - before);
+            self.header[before..before + take].copy_from_slice(&input[..take]);
+            self.header_len = before + take;
+            return Ok(take);
+        };
+        self.header_len = 0;
+        self.start_frame(header)?;
+        if header.payload_len == 0 {
+            self.finish_frame()?;
+        }
+        Ok(header_len - before)
+    }
+
+    fn start_frame(&mut self, header: FrameHeader) -> Result<(), ProtocolError> {
+        if header.rsv2 || header.rsv3 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        let is_data_start = matches!(header.opcode, OpCode::Text | OpCode::Binary);
+        if header.rsv1 {
+            if self.deflate.is_none() {
+                return Err(ProtocolError::ReservedBits);
+            }
+            if !is_data_start {
+                return Err(ProtocolError::CompressedControlOrContinuation);
+            }
+        }
+        match (self.role, header.mask.is_some()) {
+            (Role::Server, false) if !self.negotiated.no_masking => {
+                return Err(ProtocolError::UnmaskedClientFrame);
+            }
+            (Role::Server, true) if self.negotiated.no_masking => {
+                return Err(ProtocolError::MaskedClientFrame);
+            }
+            (Role::Client, true) => return Err(ProtocolError::MaskedServerFrame),
+            _ => {}
+        }
+        let limits = self.config.limits();
+        if header.payload_len > limits.max_frame_size as u64 {
+            return Err(ProtocolError::FrameTooLarge {
+                size: header.payload_len,
+                max: limits.max_frame_size,
+            });
+        }
+        match header.opcode {
+            OpCode::Continuation => {
+                let Some(message) = &self.message else {
+                    return Err(ProtocolError::UnexpectedContinuation);
+                };
+                if !message.compressed
+                    && message.len as u64 + header.payload_len > limits.max_message_size as u64
+                {
+                    return Err(ProtocolError::MessageTooLarge {
+                        max: limits.max_message_size,
+                    });
+                }
+            }
+            OpCode::Text | OpCode::Binary => {
+                if self.message.is_some() {
+                    return Err(ProtocolError::ExpectedContinuation);
+                }
+                if !header.rsv1 && header.payload_len > limits.max_message_size as u64 {
+                    return Err(ProtocolError::MessageTooLarge {
+                        max: limits.max_message_size,
+                    });
+                }
+                self.message = Some(InMessage {
+                    opcode: header.opcode,
+                    compressed: header.rsv1,
+                    len: 0,
+                    delivered: false,
+                });
+                self.utf8 = Utf8Validator::new();
+            }
+            OpCode::Close | OpCode::Ping | OpCode::Pong => self.control.clear(),
+        }
+        self.frame = Some(InFrame {
+            header,
+            remaining: header.payload_len,
+            read: 0,
+        });
+        Ok(())
+    }
+
+    fn receive_payload(&mut self, chunk: &[u8]) -> Result<(), ProtocolError> {
+        let Some(frame) = self.frame.as_mut() else {
+            return Ok(());
+        };
+        let (mask, offset) = (frame.header.mask, frame.read);
+        frame.read += chunk.len();
+        frame.remaining -= chunk.len() as u64;
+        let done = frame.remaining == 0;
+        let target = if frame.header.opcode.is_control() {
+            let start = self.control.len();
+            self.control.extend_from_slice(chunk);
+            &mut self.control[start..]
+        } else {
+            let message = self
+                .message
+                .as_mut()
+                .ok_or(ProtocolError::UnexpectedContinuation)?;
+            let buffer = if message.compressed {
+                &mut self.compressed
+            } else {
+                &mut self.payload
+            };
+            let start = buffer.len();
+            // Grow with the bytes that actually arrive, never by the declared length.
+            buffer.extend_from_slice(chunk);
+            if !message.compressed {
+                message.len += chunk.len();
+            }
+            &mut buffer[start..]
+        };
+        if let Some(key) = mask {
+            apply_mask(target, key, offset);
+        }
+        let check_text = self
+            .message
+            .as_ref()
+            .is_some_and(|m| m.opcode == OpCode::Text && !m.compressed)
+            && !self
+                .frame
+                .as_ref()
+                .is_some_and(|f| f.header.opcode.is_control());
+        if check_text {
+            let start = self.payload.len() - chunk.len();
+            self.utf8
+                .feed(&self.payload[start..])
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        if done {
+            self.finish_frame()?;
+        }
+        Ok(())
+    }
+
+    fn finish_frame(&mut self) -> Result<(), ProtocolError> {
+        let Some(frame) = self.frame.take() else {
+            return Ok(());
+        };
+        match frame.header.opcode {
+            OpCode::Ping => {
+                let payload = Bytes::copy_from_slice(&self.control);
+                // A peer that never reads cannot make us queue pongs without bound.
+                if matches!(self.write, WriteState::Open)
+                    && self.out.len() < self.config.limits().max_queued_output
+                {
+                    self.write_frame(OpCode::Pong, true, false, &payload);
+                }
+                self.events
+                    .push_back(Event::Message(Message::Ping(payload)));
+            }
+            OpCode::Pong => {
+                let payload = Bytes::copy_from_slice(&self.control);
+                self.events
+                    .push_back(Event::Message(Message::Pong(payload)));
+            }
+            OpCode::Close => self.receive_close()?,
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                self.finish_data_frame(frame.header.fin)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn receive_close(&mut self) -> Result<(), ProtocolError> {
+        let frame = parse_close_payload(&self.control).map_err(|error| match error {
+            ClosePayloadError::Truncated => ProtocolError::TruncatedClosePayload,
+            ClosePayloadError::InvalidCode(code) => ProtocolError::InvalidCloseCode(code),
+            ClosePayloadError::InvalidReason => ProtocolError::InvalidCloseReason,
+        })?;
+        self.initiator.get_or_insert(CloseInitiator::Peer);
+        if matches!(self.write, WriteState::Open) {
+            // Echo the status code (RFC 6455 §5.5.1); an empty close is answered empty.
+            let reply = frame
+                .as_ref()
+                .map(|f| CloseFrame::new(f.code, Utf8Bytes::new()));
+            self.queue_close(reply.as_ref(), self.parse_time());
+        }
+        self.events
+            .push_back(Event::Message(Message::Close(frame.clone())));
+        self.read = ReadState::CloseReceived(frame);
+        Ok(())
+    }
+
+    fn finish_data_frame(&mut self, fin: bool) -> Result<(), ProtocolError> {
+        let Some(message) = self.message.as_mut() else {
+            return Err(ProtocolError::UnexpectedContinuation);
+        };
+        let max = self.config.limits().max_message_size;
+        if message.compressed {
+            let Some(codec) = self.deflate.as_mut() else {
+                return Err(ProtocolError::ReservedBits);
+            };
+            let before = self.payload.len();
+            // The limit for this frame's output: what the message may still grow by.
+            let limit = before + (max - message.len);
+            codec
+                .decompress(&self.compressed, fin, &mut self.payload, limit)
+                .map_err(|error| match error {
+                    ProtocolError::MessageTooLarge { .. } => ProtocolError::MessageTooLarge { max },
+                    other => other,
+                })?;
+            self.compressed.clear();
+            message.len += self.payload.len() - before;
+            if message.opcode == OpCode::Text {
+                self.utf8
+                    .feed(&self.payload[before..])
+                    .map_err(|_| ProtocolError::InvalidUtf8)?;
+            }
+        }
+        if fin && message.opcode == OpCode::Text {
+            self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        let opcode = message.opcode;
+        if !self.config.assemble_messages() {
+            let wire_opcode = if message.delivered {
+                OpCode::Continuation
+            } else {
+                opcode
+            };
+            message.delivered = true;
+            let payload = self.payload.split().freeze();
+            let frame = Frame::new(fin, wire_opcode, payload);
+            self.events.push_back(Event::Message(Message::Frame(frame)));
+        }
+        if fin {
+            self.message = None;
+            if self.config.assemble_messages() {
+                let payload = self.payload.split().freeze();
+                let message = match opcode {
+                    OpCode::Text => Message::Text(Utf8Bytes::from_validated(payload)),
+                    _ => Message::Binary(payload),
+                };
+                self.events.push_back(Event::Message(message));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails the connection: queue a close frame with the error's code, stop reading.
+    fn fail(&mut self, error: ProtocolError) {
+        let code = error.close_code();
+        let reason = Utf8Bytes::from(truncate_reason(&error.to_string()));
+        if matches!(self.write, WriteState::Open) {
+            self.queue_close(
+                Some(&CloseFrame::new(code, reason.clone())),
+                self.parse_time(),
+            );
+        }
+        self.initiator = Some(CloseInitiator::ProtocolViolation);
+        self.read = ReadState::Failed(code, reason);
+        self.frame = None;
+        self.message = None;
+        self.unparsed = BytesMut::new();
+        self.events.push_back(Event::Failed(error));
+    }
+
+    /// The next event, or `None` when there is nothing to do yet.
+    #[must_use]
+    pub fn next_event(&mut self) -> Option<Event> {
+        if self.events.is_empty() && !self.unparsed.is_empty() {
+            self.parse_unparsed();
+        }
+        self.events.pop_front()
+    }
+
+    // ----- write side ------------------------------------------------------------------
+
+    /// Queues a text message (compressed when negotiated and large enough).
+    pub fn send_text(&mut self, text: &str) -> Result<(), UsageError> {
+        self.send_data(OpCode::Text, text.as_bytes())
+    }
+
+    /// Queues a binary message (compressed when negotiated and large enough).
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), UsageError> {
+        self.send_data(OpCode::Binary, data)
+    }
+
+    /// Queues any message: data, ping, pong or close.
+    pub fn send(&mut self, message: &Message, now: Instant) -> Result<(), UsageError> {
+        match message {
+            Message::Text(text) => self.send_text(text),
+            Message::Binary(data) => self.send_binary(data),
+            Message::Ping(payload) => self.send_ping(payload),
+            Message::Pong(payload) => self.send_pong(payload),
+            Message::Close(frame) => self.close(frame.clone(), now),
+            Message::Frame(frame) => self.send_frame(frame, now),
+        }
+    }
+
+    /// Queues a ping; its payload is at most 125 bytes.
+    pub fn send_ping(&mut self, payload: &[u8]) -> Result<(), UsageError> {
+        self.send_control(OpCode::Ping, payload)
+    }
+
+    /// Queues an unsolicited pong (a heartbeat); at most 125 bytes.
+    pub fn send_pong(&mut self, payload: &[u8]) -> Result<(), UsageError> {
+        self.send_control(OpCode::Pong, payload)
+    }
+
+    /// Starts the close handshake (or answers nothing if our close was already sent).
+    ///
+    /// `None` sends a close frame without a status code. The code must be sendable
+    /// (RFC 6455 §7.4) and the reason at most 123 bytes.
+    pub fn close(&mut self, frame: Option<CloseFrame>, now: Instant) -> Result<(), UsageError> {
+        if let Some(frame) = &frame {
+            if !frame.code.is_sendable() {
+                return Err(UsageError::InvalidCloseCode(frame.code.0));
+            }
+            if frame.reason.len() > MAX_CLOSE_REASON {
+                return Err(UsageError::CloseReasonTooLong(frame.reason.len()));
+            }
+        }
+        if !matches!(self.write, WriteState::Open) {
+            return Err(UsageError::SendAfterClose);
+        }
+        self.initiator.get_or_insert(CloseInitiator::Local);
+        self.queue_close(frame.as_ref(), now);
+        Ok(())
+    }
+
+    /// Queues one frame: the frame-level API for fragmenting messages by hand.
+    ///
+    /// Data frames must follow the fragmentation rules (a Text or Binary frame, then
+    /// Continuation frames, the last with `fin`); control frames may be interleaved. Text is
+    /// checked for UTF-8 across the fragments. Frames sent this way are not compressed.
+    pub fn send_frame(&mut self, frame: &Frame, now: Instant) -> Result<(), UsageError> {
+        match frame.opcode {
+            OpCode::Ping | OpCode::Pong if !frame.fin => Err(UsageError::FragmentedControlFrame),
+            OpCode::Ping => self.send_ping(&frame.payload),
+            OpCode::Pong => self.send_pong(&frame.payload),
+            OpCode::Close => {
+                if !frame.fin {
+                    return Err(UsageError::FragmentedControlFrame);
+                }
+                let close = parse_close_payload(&frame.payload).map_err(|error| match error {
+                    ClosePayloadError::InvalidCode(code) => UsageError::InvalidCloseCode(code),
+                    ClosePayloadError::Truncated => UsageError::InvalidCloseCode(0),
+                    ClosePayloadError::InvalidReason => UsageError::InvalidUtf8,
+                })?;
+                self.close(close, now)
+            }
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                self.ensure_writable()?;
+                let opcode = match (frame.opcode, self.sending_fragmented) {
+                    (OpCode::Continuation, None) => return Err(UsageError::NoMessageToContinue),
+                    (OpCode::Continuation, Some(opcode)) => opcode,
+                    (_, Some(_)) => return Err(UsageError::MessageUnfinished),
+                    (opcode, None) => {
+                        self.send_utf8 = Utf8Validator::new();
+                        opcode
+                    }
+                };
+                if opcode == OpCode::Text {
+                    self.send_utf8
+                        .feed(&frame.payload)
+                        .map_err(|_| UsageError::InvalidUtf8)?;
+                    if frame.fin {
+                        self.send_utf8
+                            .finish()
+                            .map_err(|_| UsageError::InvalidUtf8)?;
+                    }
+                }
+                self.sending_fragmented = if frame.fin { None } else { Some(opcode) };
+                self.write_frame(frame.opcode, frame.fin, false, &frame.payload);
+                Ok(())
+            }
+        }
+    }
+
+    fn send_data(&mut self, opcode: OpCode, data: &[u8]) -> Result<(), UsageError> {
+        self.ensure_writable()?;
+        if self.sending_fragmented.is_some() {
+            return Err(UsageError::MessageUnfinished);
+        }
+        match self.deflate.as_mut() {
+            Some(codec) if codec.should_compress(data.len()) => {
+                let mut compressed = std::mem::take(&mut self.scratch);
+                codec.compress(data, &mut compressed);
+                self.write_frame(opcode, true, true, &compressed);
+                self.scratch = compressed;
+            }
+            _ => self.write_frame(opcode, true, false, data),
+        }
+        Ok(())
+    }
+
+    fn send_control(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), UsageError> {
+        if payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(UsageError::ControlPayloadTooLarge(payload.len()));
+        }
+        self.ensure_writable()?;
+        self.write_frame(opcode, true, false, payload);
+        Ok(())
+    }
+
+    fn ensure_writable(&self) -> Result<(), UsageError> {
+        match self.write {
+            WriteState::Open => Ok(()),
+            WriteState::CloseSent { .. } => Err(UsageError::SendAfterClose),
+        }
+    }
+
+    fn queue_close(&mut self, frame: Option<&CloseFrame>, now: Instant) {
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        let len = match frame {
+            None => 0,
+            Some(frame) => {
+                payload[..2].copy_from_slice(&frame.code.0.to_be_bytes());
+                let reason = frame.reason.as_bytes();
+                payload[2..2 + reason.len()].copy_from_slice(reason);
+                2 + reason.len()
+            }
+        };
+        self.write_frame(OpCode::Close, true, false, &payload[..len]);
+        self.write = WriteState::CloseSent { at: now };
+    }
+
+    fn write_frame(&mut self, opcode: OpCode, fin: bool, rsv1: bool, payload: &[u8]) {
+        let mask = match (self.role, self.negotiated.no_masking, self.masks.as_mut()) {
+            (Role::Client, false, Some(masks)) => Some(masks.next_mask()),
+            _ => None,
+        };
+        let header = FrameHeader {
+            fin,
+            rsv1,
+            rsv2: false,
+            rsv3: false,
+            opcode,
+            mask,
+            payload_len: payload.len() as u64,
+        };
+        let mut encoded = [0u8; MAX_HEADER_LEN];
+        let header_len = header.encode(&mut encoded);
+        self.out.reserve(header_len + payload.len());
+        self.out.extend_from_slice(&encoded[..header_len]);
+        let start = self.out.len();
+        self.out.extend_from_slice(payload);
+        if let Some(key) = mask {
+            apply_mask(&mut self.out[start..], key, 0);
+        }
+    }
+
+    /// Bytes waiting to be written to the transport.
+    #[must_use]
+    pub fn pending_output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Marks the first `written` bytes of [`Connection::pending_output`] as written.
+    pub fn consume_output(&mut self, written: usize) {
+        let _ = self.out.split_to(written.min(self.out.len()));
+    }
+
+    /// Takes all pending output at once, for drivers that hand buffers to the transport.
+    #[must_use]
+    pub fn take_output(&mut self) -> Bytes {
+        self.out.split().freeze()
+    }
+
+    /// Whether the queued output has reached [`crate::Limits::max_queued_output`]: a driver
+    /// should stop accepting sends until the transport drains it.
+    pub fn is_write_blocked(&self) -> bool {
+        self.out.len() >= self.config.limits().max_queued_output
+    }
+
+    // ----- time and state --------------------------------------------------------------
+
+    /// When [`Connection::on_deadline`] must be called next, if at all.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.timed_out || self.eof {
+            return None;
+        }
+        let WriteState::CloseSent { at } = self.write else {
+            return None;
+        };
+        let waiting = match self.read {
+            ReadState::Open => true,
+            // A client waits for the server to close the TCP connection first.
+            ReadState::CloseReceived(_) => self.role == Role::Client,
+            ReadState::Failed(..) | ReadState::Ended => false,
+        };
+        waiting.then(|| at + self.config.limits().close_timeout)
+    }
+
+    /// Tells the connection the time; past the close deadline it gives up on the peer.
+    pub fn on_deadline(&mut self, now: Instant) {
+        if self.next_deadline().is_some_and(|deadline| now >= deadline) {
+            self.timed_out = true;
+            if matches!(self.read, ReadState::Open) {
+                self.read = ReadState::Ended;
+            }
+        }
+    }
+
+    /// Whether the connection is over: the driver writes what is still pending (best effort)
+    /// and closes the transport.
+    pub fn is_finished(&self) -> bool {
+        match self.read {
+            ReadState::Failed(..) | ReadState::Ended => true,
+            ReadState::CloseReceived(_) => match self.role {
+                Role::Server => true,
+                Role::Client => self.eof || self.timed_out,
+            },
+            ReadState::Open => self.timed_out,
+        }
+    }
+
+    /// Whether messages may still be sent.
+    pub fn can_send(&self) -> bool {
+        matches!(self.write, WriteState::Open)
+    }
+
+    /// Whether frames are still being read.
+    pub fn can_receive(&self) -> bool {
+        matches!(self.read, ReadState::Open)
+    }
+
+    /// How the connection ended, once it has (or is ending): who closed it and with what.
+    pub fn close_status(&self) -> Option<CloseStatus> {
+        let initiator = self.initiator?;
+        let sent = matches!(self.write, WriteState::CloseSent { .. });
+        let (code, reason, clean) = match &self.read {
+            ReadState::CloseReceived(frame) => {
+                let (code, reason) = frame
+                    .as_ref()
+                    .map_or((CloseCode::NO_STATUS, Utf8Bytes::new()), |f| {
+                        (f.code, f.reason.clone())
+                    });
+                (code, reason, sent)
+            }
+            ReadState::Failed(code, reason) => (*code, reason.clone(), false),
+            ReadState::Ended => (CloseCode::ABNORMAL, Utf8Bytes::new(), false),
+            // Our close is out and the reply has not come yet.
+            ReadState::Open => return None,
+        };
+        let initiator = match (&self.read, initiator) {
+            (ReadState::Ended, CloseInitiator::Local) => CloseInitiator::Lost,
+            _ => initiator,
+        };
+        Some(CloseStatus {
+            initiator,
+            code,
+            reason,
+            clean,
+        })
+    }
+}
+
+/// Cuts a message to fit a close reason, on a character boundary.
+fn truncate_reason(text: &str) -> String {
+    let mut end = text.len().min(MAX_CLOSE_REASON);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,110 @@
+//! WebSocket clients and servers over tokio and std::net, on the sans-IO [`roost_proto`] core.
+//!
+//! Every driver here runs the same [`roost_proto::Connection`]; they differ only in how bytes
+//! move. What the crate does:
+//! - [`accept`] / [`accept_with`]: the server handshake over any stream, then a [`WebSocket`];
+//! - [`connect`] / [`ClientBuilder`]: `ws://` and `wss://` clients with headers and subprotocols;
+//! - [`WebSocket`]: a `Stream` + `Sink` of [`Message`], split into two halves with
+//!   `futures_util::StreamExt::split`; pings, pongs and the close handshake are automatic;
+//! - lower levels: [`Message::Frame`] for single frames, [`WebSocket::server`] /
+//!   [`WebSocket::client`] to wrap an already-upgraded stream, [`accept_request`] for a request
+//!   another HTTP parser already read;
+//! - [`blocking`]: the same over `std::net`;
+//! - `tls` (feature `tls`): rustls for `wss://` on both sides;
+//! - `upgrade` (feature `hyper`): upgrade a request inside a hyper or axum server.
+//!
+//! What it deliberately does not do: application routing, rooms and persistence live in
+//! `roost-server`.
+//!
+//! # Example: an echo server and a client
+//! ```no_run
+//! # async fn run() -> Result<(), roost::Error> {
+//! use roost::Message;
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+//! tokio::spawn(async move {
+//!     while let Ok((tcp, _)) = listener.accept().await {
+//!         tokio::spawn(async move {
+//!             let mut ws = roost::accept(tcp).await?;
+//!             while let Some(message) = ws.recv().await {
+//!                 match message? {
+//!                     message @ (Message::Text(_) | Message::Binary(_)) => ws.send(message).await?,
+//!                     _ => {}
+//!                 }
+//!             }
+//!             Ok::<_, roost::Error>(())
+//!         });
+//!     }
+//! });
+//!
+//! let (mut ws, _response) = roost::connect("ws://127.0.0.1:9001/").await?;
+//! ws.send(Message::text("hello")).await?;
+//! assert_eq!(ws.recv().await.transpose()?, Some(Message::text("hello")));
+//! ws.close(None).await?;
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod server;
+mod stream;
+
+pub mod blocking;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(feature = "hyper")]
+pub mod upgrade;
+
+pub use client::{ClientBuilder, MaybeTlsStream, connect};
+pub use roost_proto::{
+    self as proto, CloseCode, CloseFrame, CloseInitiator, CloseStatus, Config, DeflateConfig,
+    Frame, Message, Negotiated, OpCode, Utf8Bytes,
+    handshake::{HookResult, RequestHead},
+};
+pub use server::{accept, accept_request, accept_with};
+pub use stream::WebSocket;
+
+use roost_proto::{HandshakeError, MaskSource, ProtocolError, UsageError};
+
+/// Everything that can go wrong in a driver.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading from or writing to the transport failed.
+    #[error("transport error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer broke the protocol; the connection sent a close frame with the matching code.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The opening handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The call was not valid in the connection's state (see the inner error).
+    #[error("invalid use: {0}")]
+    Usage(#[from] UsageError),
+    /// The connection is closing or closed: nothing more can be sent.
+    #[error("the connection is closed")]
+    ConnectionClosed,
+    /// A timeout ran out; the text says which.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    /// The URL cannot be used; the text says why.
+    #[error("invalid URL: {0}")]
+    Url(String),
+    /// TLS setup or the TLS handshake failed.
+    #[cfg(feature = "tls")]
+    #[error("TLS error: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Masking keys from a cryptographically secure generator seeded by the OS
+/// (RFC 6455 §10.3 asks for unpredictable keys).
+pub(crate) fn mask_source() -> impl MaskSource + 'static {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    move || rng.random::<[u8; 4]>()
+}
+
+/// 16 random bytes for a client's `Sec-WebSocket-Key`.
+pub(crate) fn handshake_key() -> [u8; 16] {
+    rand::random()
+}

@@ -1,0 +1,338 @@
+//! [`WebSocket`]: a [`roost_proto::Connection`] driven over any tokio byte stream.
+
+use std::{
+    fmt,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll, Wake, Waker, ready},
+    time::Instant,
+};
+
+use futures_core::Stream;
+use futures_sink::Sink;
+use roost_proto::{CloseFrame, CloseStatus, Connection, Event, Message, Negotiated};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::Error;
+
+/// Bytes read from the socket per read call.
+const READ_CHUNK: usize = 32 << 10;
+
+/// A WebSocket over a byte stream `S` (TCP, TLS, an upgraded hyper connection, …).
+///
+/// It is a [`Stream`] of received [`Message`]s and a [`Sink`] of messages to send, the shape
+/// tokio-tungstenite users know; the inherent [`WebSocket::send`] and [`WebSocket::recv`] are
+/// the same without importing the futures traits. Pings are answered and close frames echoed
+/// while the stream is polled. Splitting with `futures_util::StreamExt::split` gives a reader
+/// and a writer for two tasks; automatic replies still go out, sent by whichever half runs.
+///
+/// The stream ends (`None`) once the close handshake is over or the connection is lost;
+/// [`WebSocket::close_status`] then tells who closed it and how.
+pub struct WebSocket<S> {
+    io: S,
+    connection: Connection,
+    protocol: Option<String>,
+    read_buf: Box<[u8]>,
+    wakers: Arc<WriteWakers>,
+    write_waker: Waker,
+    deadline: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
+    /// The transport was shut down after the connection finished.
+    shut_down: bool,
+}
+
+impl<S> fmt::Debug for WebSocket<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("connection", &self.connection)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which half of a split WebSocket is polling a write.
+#[derive(Clone, Copy)]
+enum Side {
+    Reader = 0,
+    Writer = 1,
+}
+
+/// Both halves may wait for the socket to become writable, but a tokio socket keeps only the
+/// last waker per direction; this waker wakes every half that asked.
+#[derive(Default)]
+struct WriteWakers([Mutex<Option<Waker>>; 2]);
+
+impl WriteWakers {
+    fn register(&self, side: Side, waker: &Waker) {
+        let mut slot = self.0[side as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+}
+
+impl Wake for WriteWakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        for slot in &self.0 {
+            if let Some(waker) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    /// Wraps a stream whose handshake is already done, with the connection to drive.
+    ///
+    /// `leftover` holds bytes read past the handshake; they are processed first.
+    pub fn from_connection(io: S, mut connection: Connection, leftover: &[u8]) -> Self {
+        if !leftover.is_empty() {
+            connection.receive(leftover, Instant::now());
+        }
+        let wakers = Arc::new(WriteWakers::default());
+        WebSocket {
+            io,
+            connection,
+            protocol: None,
+            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            write_waker: Waker::from(wakers.clone()),
+            wakers,
+            deadline: None,
+            shut_down: false,
+        }
+    }
+
+    /// Wraps an already-upgraded stream as a server-side WebSocket, without a handshake.
+    pub fn server(io: S, config: roost_proto::Config, negotiated: Negotiated) -> Self {
+        Self::from_connection(io, Connection::server(config, negotiated), &[])
+    }
+
+    /// Wraps an already-upgraded stream as a client-side WebSocket, without a handshake.
+    pub fn client(io: S, config: roost_proto::Config, negotiated: Negotiated) -> Self {
+        Self::from_connection(
+            io,
+            Connection::client(config, negotiated, crate::mask_source()),
+            &[],
+        )
+    }
+
+    pub(crate) fn with_protocol(mut self, protocol: Option<String>) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The subprotocol the handshake selected, if any.
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+
+    /// The extensions in force (permessage-deflate parameters, no-masking).
+    pub fn negotiated(&self) -> &Negotiated {
+        self.connection.negotiated()
+    }
+
+    /// How the connection ended, once it has.
+    pub fn close_status(&self) -> Option<CloseStatus> {
+        self.connection.close_status()
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// Sends a message and flushes it.
+    pub async fn send(&mut self, message: Message) -> Result<(), Error> {
+        std::future::poll_fn(|cx| self.poll_ready_inner(cx)).await?;
+        self.start_send_inner(&message)?;
+        std::future::poll_fn(|cx| self.poll_flush_inner(cx)).await
+    }
+
+    /// Queues a message without flushing; [`WebSocket::flush`] writes everything queued.
+    pub fn feed(&mut self, message: &Message) -> Result<(), Error> {
+        self.start_send_inner(message)
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        std::future::poll_fn(|cx| self.poll_flush_inner(cx)).await
+    }
+
+    /// The next message; `None` once the connection is over.
+    pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
+        std::future::poll_fn(|cx| self.poll_next_inner(cx)).await
+    }
+
+    /// Starts the close handshake and flushes the close frame. Keep reading until `recv`
+    /// returns `None` to receive the peer's reply.
+    pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
+        self.connection.close(frame, Instant::now())?;
+        self.flush().await
+    }
+
+    /// Writes queued output. `Ready(Ok)` once all of it is written.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<Result<(), Error>> {
+        while !self.connection.pending_output().is_empty() {
+            self.wakers.register(side, cx.waker());
+            let mut proxy = Context::from_waker(&self.write_waker);
+            let written = ready!(
+                Pin::new(&mut self.io).poll_write(&mut proxy, self.connection.pending_output())
+            )?;
+            if written == 0 {
+                return Poll::Ready(Err(Error::Io(std::io::ErrorKind::WriteZero.into())));
+            }
+            self.connection.consume_output(written);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        loop {
+            // Automatic replies (pongs, close echo) go out as soon as possible; a full socket
+            // does not stop reading.
+            if let Poll::Ready(Err(error)) = self.poll_write_out(cx, Side::Reader) {
+                self.connection.receive_eof();
+                return Poll::Ready(Some(Err(error)));
+            }
+            match self.connection.next_event() {
+                Some(Event::Message(message)) => return Poll::Ready(Some(Ok(message))),
+                Some(Event::Failed(error)) => {
+                    return Poll::Ready(Some(Err(Error::Protocol(error))));
+                }
+                Some(_) => continue,
+                None => {}
+            }
+            if self.connection.is_finished() {
+                return self.poll_finish(cx).map(|result| result.err().map(Err));
+            }
+            if self.poll_deadline(cx) {
+                continue;
+            }
+            let mut buf = ReadBuf::new(&mut self.read_buf);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    if n == 0 {
+                        self.connection.receive_eof();
+                    } else {
+                        self.connection.receive(&self.read_buf[..n], Instant::now());
+                    }
+                }
+                Poll::Ready(Err(error)) => {
+                    self.connection.receive_eof();
+                    return Poll::Ready(Some(Err(Error::Io(error))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Flushes what is left and shuts the transport down, once.
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.shut_down {
+            return Poll::Ready(Ok(()));
+        }
+        let flushed = ready!(self.poll_write_out(cx, Side::Reader));
+        let shutdown = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+        self.shut_down = true;
+        // A peer that already vanished makes these fail; the connection is over either way.
+        let _ = (flushed, shutdown);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Arms the close timer; returns true if it fired.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(deadline) = self.connection.next_deadline() else {
+            self.deadline = None;
+            return false;
+        };
+        let sleep = match &mut self.deadline {
+            Some((at, sleep)) if *at == deadline => sleep,
+            slot => {
+                let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
+                &mut slot.insert((deadline, sleep)).1
+            }
+        };
+        if sleep.as_mut().poll(cx).is_ready() {
+            self.connection.on_deadline(Instant::now());
+            return true;
+        }
+        false
+    }
+
+    fn poll_ready_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if !self.connection.can_send() {
+            return Poll::Ready(Err(Error::ConnectionClosed));
+        }
+        // Back-pressure: wait until the queued output drains below the limit.
+        while self.connection.is_write_blocked() {
+            self.wakers.register(Side::Writer, cx.waker());
+            let mut proxy = Context::from_waker(&self.write_waker);
+            let written = ready!(
+                Pin::new(&mut self.io).poll_write(&mut proxy, self.connection.pending_output())
+            )?;
+            if written == 0 {
+                return Poll::Ready(Err(Error::Io(std::io::ErrorKind::WriteZero.into())));
+            }
+            self.connection.consume_output(written);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send_inner(&mut self, message: &Message) -> Result<(), Error> {
+        self.connection
+            .send(message, Instant::now())
+            .map_err(|error| {
+                if self.connection.can_send() {
+                    Error::Usage(error)
+                } else {
+                    Error::ConnectionClosed
+                }
+            })
+    }
+
+    fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        ready!(self.poll_write_out(cx, Side::Writer))?;
+        Pin::new(&mut self.io).poll_flush(cx).map_err(Error::Io)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
+    type Item = Result<Message, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_next_inner(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.get_mut().poll_ready_inner(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Error> {
+        self.get_mut().start_send_inner(&message)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.get_mut().poll_flush_inner(cx)
+    }
+
+    /// Sends a close frame (1000) if none was sent yet and flushes it. The peer's reply is
+    /// read by the stream side.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        if this.connection.can_send() {
+            let frame = CloseFrame::new(roost_proto::CloseCode::NORMAL, "");
+            this.connection.close(Some(frame), Instant::now())?;
+        }
+        this.poll_flush_inner(cx)
+    }
+}
