@@ -146,7 +146,19 @@ pub fn negotiate_server(
 pub fn client_offer(config: &Config, secure: bool) -> Option<String> {
     let mut offers = Vec::new();
     if deflate_enabled(config) {
-        offers.push(client_deflate_offer(config.deflate()).render());
+        let offer = client_deflate_offer(config.deflate());
+        offers.push(offer.render());
+        // A fallback offer saying we can also work without context takeover: some servers
+        // (Autobahn's among them) only ask a client for that when the offer says it is able.
+        // The answer is checked against the first offer: an unrequested
+        // client_no_context_takeover is always acceptable.
+        if !offer.client_no_context_takeover {
+            let fallback = DeflateRequest {
+                client_no_context_takeover: true,
+                ..offer
+            };
+            offers.push(fallback.render());
+        }
     }
     if config.no_masking() && secure {
         offers.push(NO_MASKING.to_owned());

@@ -24,7 +24,7 @@
 //!             });
 //!             Ok(response)
 //!         }
-//!         Err(rejection) => Ok(rejection.response),
+//!         Err(rejection) => Ok(*rejection.response),
 //!     }
 //! }
 //! ```
@@ -68,7 +68,7 @@ pub struct Rejection {
     /// Why the request was refused.
     pub error: HandshakeError,
     /// The response to answer with (400, 426 with `Sec-WebSocket-Version: 13`, the hook's…).
-    pub response: Response<Full<Bytes>>,
+    pub response: Box<Response<Full<Bytes>>>,
 }
 
 /// Validates the upgrade request and builds the 101 response; the future yields the
@@ -96,7 +96,7 @@ pub fn upgrade<B>(
             let response = Response::from_parts(parts, Full::new(Bytes::from(body)));
             Err(Rejection {
                 error: rejected.error,
-                response,
+                response: Box::new(response),
             })
         }
     }

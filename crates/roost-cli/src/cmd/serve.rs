@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
-use roost::{Config, Message};
+use roost::Config;
 use tokio::net::{TcpSocket, TcpStream};
 use tracing::{debug, info, warn};
 
@@ -38,8 +38,10 @@ enum App {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let mut deflate = roost::DeflateConfig::default();
-    deflate.enabled = !args.no_compression;
+    let deflate = roost::DeflateConfig {
+        enabled: !args.no_compression,
+        ..Default::default()
+    };
     let config = Config::builder()
         .max_message_size(args.max_message_size)
         .max_frame_size(args.max_message_size)
@@ -119,9 +121,9 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     while let Some(message) = ws.recv().await {
-        match message? {
-            message @ (Message::Text(_) | Message::Binary(_)) => ws.send(message).await?,
-            _ => {}
+        let message = message?;
+        if message.is_data() {
+            ws.send(message).await?;
         }
     }
     debug!(status = ?ws.close_status(), "connection closed");

@@ -485,7 +485,10 @@ fn server_accepts_no_masking_only_when_configured() {
 fn client_offers_deflate_by_default() {
     assert_eq!(
         client_offer(&Config::default(), false).as_deref(),
-        Some("permessage-deflate; client_max_window_bits")
+        Some(
+            "permessage-deflate; client_max_window_bits, \
+             permessage-deflate; client_no_context_takeover; client_max_window_bits"
+        )
     );
 }
 
@@ -510,7 +513,11 @@ fn client_offer_follows_the_config() {
     });
     assert_eq!(
         client_offer(&config, false).as_deref(),
-        Some("permessage-deflate; server_max_window_bits=9; client_max_window_bits=9")
+        Some(
+            "permessage-deflate; server_max_window_bits=9; client_max_window_bits=9, \
+             permessage-deflate; client_no_context_takeover; server_max_window_bits=9; \
+             client_max_window_bits=9"
+        )
     );
 }
 
@@ -522,7 +529,10 @@ fn client_offers_no_masking_only_over_tls() {
     let both = config(DeflateConfig::default(), true);
     assert_eq!(
         client_offer(&both, true).as_deref(),
-        Some("permessage-deflate; client_max_window_bits, no-masking")
+        Some(
+            "permessage-deflate; client_max_window_bits, \
+             permessage-deflate; client_no_context_takeover; client_max_window_bits, no-masking"
+        )
     );
     assert_eq!(
         client_offer(&Config::default(), true).as_deref(),

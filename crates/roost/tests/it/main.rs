@@ -1,0 +1,66 @@
+//! Integration tests for the roost drivers: real sockets on 127.0.0.1, port 0, every wait
+//! bounded by a timeout.
+
+// Test helpers outside #[test] functions panic on failure by design.
+#![allow(clippy::unwrap_used)]
+
+mod blocking;
+mod handshake;
+mod stream;
+mod tls;
+mod upgrade;
+
+use std::time::Duration;
+
+use roost::{Message, WebSocket};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+};
+
+/// Every await in these tests finishes within this, or the test fails.
+const LIMIT: Duration = Duration::from_secs(10);
+
+async fn within<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(LIMIT, future)
+        .await
+        .expect("the test step did not finish in time")
+}
+
+/// Echoes data messages until the connection ends.
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>) -> WebSocket<S> {
+    while let Some(Ok(message)) = ws.recv().await {
+        if message.is_data() && ws.send(message).await.is_err() {
+            break;
+        }
+    }
+    ws
+}
+
+/// A listener on a free loopback port and its ws:// URL.
+async fn listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+/// The next data message, skipping control messages.
+async fn next_data<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocket<S>) -> Message {
+    loop {
+        let message = within(ws.recv())
+            .await
+            .expect("connection ended")
+            .expect("error");
+        if message.is_data() {
+            return message;
+        }
+    }
+}
+
+#[test]
+fn handles_are_send() {
+    fn is_send<T: Send>() {}
+    is_send::<WebSocket<tokio::net::TcpStream>>();
+    is_send::<roost::blocking::WebSocket<std::net::TcpStream>>();
+    is_send::<roost::Error>();
+}

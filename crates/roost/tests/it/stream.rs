@@ -1,0 +1,240 @@
+//! The async WebSocket: messages, split halves, compression, frames, closing.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use roost::{
+    CloseCode, CloseFrame, CloseInitiator, Config, Frame, Message, Negotiated, OpCode, WebSocket,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{echo, listener, next_data, within};
+
+#[tokio::test]
+async fn messages_round_trip_and_both_sides_see_a_clean_close() {
+    let (listener, url) = listener().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        echo(roost::accept(tcp).await.unwrap()).await
+    });
+    let (mut ws, response) = within(roost::connect(&url)).await.unwrap();
+    assert_eq!(response.status(), 101);
+    assert!(
+        ws.negotiated().deflate.is_some(),
+        "deflate is offered and accepted by default"
+    );
+    let big = "x".repeat(1 << 20);
+    for message in [
+        Message::text("hello"),
+        Message::binary(vec![0u8, 1, 2, 255]),
+        Message::text(""),
+        Message::text(big.as_str()),
+        Message::text("κόσμε"),
+    ] {
+        within(ws.send(message.clone())).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, message);
+    }
+    within(ws.close(Some(CloseFrame::new(4000, "done"))))
+        .await
+        .unwrap();
+    let mut last = None;
+    while let Some(message) = within(ws.recv()).await {
+        last = Some(message.unwrap());
+    }
+    assert_eq!(last, Some(Message::Close(Some(CloseFrame::new(4000, "")))));
+    let status = ws.close_status().unwrap();
+    assert_eq!(
+        (status.initiator, status.clean),
+        (CloseInitiator::Local, true)
+    );
+    let server = within(server).await.unwrap();
+    let status = server.close_status().unwrap();
+    assert_eq!(status.initiator, CloseInitiator::Peer);
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (CloseCode(4000), "done")
+    );
+}
+
+#[tokio::test]
+async fn split_halves_work_from_two_tasks_and_still_answer_pings() {
+    let (listener, url) = listener().await;
+    // The server pings, then waits for the pong before echoing anything.
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = roost::accept(tcp).await.unwrap();
+        ws.send(Message::Ping("are you there".into()))
+            .await
+            .unwrap();
+        match ws.recv().await.unwrap().unwrap() {
+            Message::Pong(payload) => assert_eq!(&payload[..], b"are you there"),
+            other => panic!("expected the automatic pong first, got {other:?}"),
+        }
+        echo(ws).await;
+    });
+    let (ws, _) = within(roost::connect(&url)).await.unwrap();
+    let (mut writer, mut reader) = ws.split();
+    let reading = tokio::spawn(async move {
+        let mut texts = Vec::new();
+        while let Some(message) = reader.next().await {
+            match message.unwrap() {
+                Message::Text(text) => texts.push(text.to_string()),
+                Message::Close(_) => {}
+                _ => {}
+            }
+        }
+        texts
+    });
+    let payload = "compressible ".repeat(200);
+    for i in 0..50 {
+        within(writer.send(Message::text(format!("{i} {payload}"))))
+            .await
+            .unwrap();
+    }
+    // Echoes of everything sent before the close still arrive: the read side stays open until
+    // the server answers the close.
+    within(writer.close()).await.unwrap();
+    let texts = within(reading).await.unwrap();
+    let expected: Vec<String> = (0..50).map(|i| format!("{i} {payload}")).collect();
+    assert_eq!(texts, expected);
+    within(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn fragments_sent_by_hand_arrive_as_one_message_or_as_frames() {
+    let (listener, url) = listener().await;
+    let frames_config = Config::builder().assemble_messages(false).build().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = roost::accept_with(tcp, &frames_config, |_, r| Ok(r))
+            .await
+            .unwrap();
+        let mut frames = Vec::new();
+        while let Some(Ok(message)) = ws.recv().await {
+            if let Message::Frame(frame) = message {
+                frames.push(frame);
+            }
+        }
+        frames
+    });
+    let (mut ws, _) = within(roost::connect(&url)).await.unwrap();
+    for frame in [
+        Frame::new(false, OpCode::Text, "Hel"),
+        Frame::new(false, OpCode::Continuation, "l"),
+        Frame::new(true, OpCode::Continuation, "o"),
+    ] {
+        within(ws.send(Message::Frame(frame))).await.unwrap();
+    }
+    within(ws.close(None)).await.unwrap();
+    while within(ws.recv()).await.is_some() {}
+    let frames = within(server).await.unwrap();
+    let payloads: Vec<_> = frames
+        .iter()
+        .map(|f| (f.fin, f.opcode, &f.payload[..]))
+        .collect();
+    assert_eq!(
+        payloads,
+        vec![
+            (false, OpCode::Text, &b"Hel"[..]),
+            (false, OpCode::Continuation, &b"l"[..]),
+            (true, OpCode::Continuation, &b"o"[..]),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_already_upgraded_stream_is_wrapped_without_a_handshake() {
+    let (a, b) = tokio::io::duplex(64 << 10);
+    let negotiated = Negotiated::default();
+    let mut server = WebSocket::server(a, Config::default(), negotiated.clone());
+    let mut client = WebSocket::client(b, Config::default(), negotiated);
+    within(client.send(Message::text("over a pipe")))
+        .await
+        .unwrap();
+    assert_eq!(next_data(&mut server).await, Message::text("over a pipe"));
+    within(server.send(Message::binary(vec![7; 10])))
+        .await
+        .unwrap();
+    assert_eq!(next_data(&mut client).await, Message::binary(vec![7; 10]));
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_after_the_close_timeout() {
+    let (listener, url) = listener().await;
+    let addr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_owned();
+    let config = Config::builder()
+        .close_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = roost::accept_with(tcp, &config, |_, r| Ok(r))
+            .await
+            .unwrap();
+        ws.close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "bye")))
+            .await
+            .unwrap();
+        while ws.recv().await.is_some() {}
+        ws.close_status().unwrap()
+    });
+    // A raw client that completes the handshake and then never answers the close.
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0; 512];
+    let n = within(tcp.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
+    let status = within(server).await.unwrap();
+    assert_eq!(
+        (status.initiator, status.code),
+        (CloseInitiator::Lost, CloseCode::ABNORMAL)
+    );
+}
+
+#[tokio::test]
+async fn a_protocol_error_reaches_the_application_and_the_peer_gets_1002() {
+    let (listener, url) = listener().await;
+    let addr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_owned();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = roost::accept(tcp).await.unwrap();
+        let first = ws.recv().await;
+        let rest = ws.recv().await;
+        (first.map(|r| r.map_err(|e| e.to_string())), rest.is_none())
+    });
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\
+          \x81\x02hi",
+    )
+    .await
+    .unwrap();
+    let mut response = Vec::new();
+    within(tcp.read_to_end(&mut response)).await.unwrap();
+    let close_at = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        response[close_at], 0x88,
+        "a close frame follows the 101 response"
+    );
+    assert_eq!(
+        &response[close_at + 2..close_at + 4],
+        &1002u16.to_be_bytes()
+    );
+    let (first, ended) = within(server).await.unwrap();
+    assert_eq!(
+        first,
+        Some(Err("protocol error: client frame is not masked".to_owned()))
+    );
+    assert!(ended);
+}
