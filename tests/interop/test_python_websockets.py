@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import queue
@@ -25,10 +26,12 @@ import secrets
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 from websockets.asyncio.client import connect
@@ -105,7 +108,9 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
         "-set_serial", str(secrets.randbits(63)), "-days", "2",
         "-extfile", "server.ext", "-out", "cert.pem",
     )
-    return Certificate(ca=directory / "ca.pem", cert=directory / "cert.pem", key=directory / "key.pem")
+    return Certificate(
+        ca=directory / "ca.pem", cert=directory / "cert.pem", key=directory / "key.pem"
+    )
 
 
 # --- roost server -------------------------------------------------------------------------------
@@ -125,7 +130,7 @@ LISTENING = re.compile(r"listening on wss?://127\.0\.0\.1:(\d+)")
 
 
 @pytest.fixture
-def roost_server(tmp_path: Path) -> Callable[..., RoostServer]:
+def roost_server(tmp_path: Path) -> Iterator[Callable[..., RoostServer]]:
     """Starts `roost serve --app echo` on a free port; call it with extra CLI arguments.
 
     At teardown the server must still be running and must not have logged a panic: a test
@@ -133,7 +138,7 @@ def roost_server(tmp_path: Path) -> Callable[..., RoostServer]:
     """
     if not ROOST_BIN.is_file():
         pytest.fail(f"{ROOST_BIN} is missing: run `cargo build --release -p roost-cli` first")
-    started: list[RoostServer] = []
+    started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def start(*args: str) -> RoostServer:
         log = tmp_path / f"roost-serve-{len(started)}.log"
@@ -145,24 +150,21 @@ def roost_server(tmp_path: Path) -> Callable[..., RoostServer]:
                 stderr=log_file,
                 env={**os.environ, "NO_COLOR": "1"},
             )
-        started.append(RoostServer(process, log, port=0))
-        port = _wait_for_listening(process, log)
-        server = RoostServer(process, log, port)
-        started[-1] = server
-        return server
+        started.append((process, log))
+        return RoostServer(process, log, port=_wait_for_listening(process, log))
 
     yield start
 
     problems = []
-    for server in started:
-        exit_code = server.process.poll()
-        server.process.kill()
-        server.process.wait(timeout=STARTUP_TIMEOUT)
-        log = server.log.read_text(errors="replace")
+    for process, log in started:
+        exit_code = process.poll()
+        process.kill()
+        process.wait(timeout=STARTUP_TIMEOUT)
+        text = log.read_text(errors="replace")
         if exit_code is not None:
-            problems.append(f"roost serve exited early with {exit_code}:\n{log}")
-        elif "panicked" in log:
-            problems.append(f"roost serve panicked:\n{log}")
+            problems.append(f"roost serve exited early with {exit_code}:\n{text}")
+        elif "panicked" in text:
+            problems.append(f"roost serve panicked:\n{text}")
     if problems:
         pytest.fail("\n".join(problems))
 
@@ -174,7 +176,7 @@ def _wait_for_listening(process: subprocess.Popen[bytes], log: Path) -> int:
             return int(match.group(1))
         if process.poll() is not None:
             break
-        threading.Event().wait(0.02)
+        time.sleep(0.02)
     raise AssertionError(f"roost serve did not report its address:\n{log.read_text()}")
 
 
@@ -232,7 +234,7 @@ class PythonEchoServer:
     def _run(self) -> None:
         try:
             asyncio.run(self._serve())
-        except BaseException as error:  # reported by start() or left for the test's assertions
+        except BaseException as error:  # start() reports it
             self._error = error
             self._ready.set()
 
@@ -242,10 +244,8 @@ class PythonEchoServer:
         async with serve(self._echo, "127.0.0.1", 0, **self._options) as server:
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._stop
-            except asyncio.CancelledError:
-                pass
 
     async def _echo(self, ws: ServerConnection) -> None:
         messages: list[str | bytes] = []
@@ -270,7 +270,7 @@ class PythonEchoServer:
 
 
 @pytest.fixture
-def python_server() -> Callable[..., PythonEchoServer]:
+def python_server() -> Iterator[Callable[..., PythonEchoServer]]:
     """Starts a Python echo server; keyword arguments as in `PythonEchoServer`."""
     started: list[PythonEchoServer] = []
 
@@ -362,6 +362,7 @@ def test_roost_server_answers_ping(roost_server):
 
     async def ping() -> float:
         async with python_client(server.url()) as ws:
+            # websockets resolves this only for a pong that carries the same payload.
             pong = await ws.ping(b"roost-interop")
             return await asyncio.wait_for(pong, SOCKET_TIMEOUT)
 
@@ -417,32 +418,78 @@ CLIENT_LINES = [
 ]
 
 
-def roost_connect(url: str, *args: str, lines: list[str] = CLIENT_LINES):
-    """Runs `roost connect`, feeding `lines` on stdin; stdin EOF makes it close with 1000."""
-    stdin = "".join(line + "\n" for line in lines).encode()
-    return subprocess.run(
-        [str(ROOST_BIN), "connect", url, *args],
-        input=stdin,
-        capture_output=True,
-        timeout=EXCHANGE_TIMEOUT,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
+@dataclass(frozen=True)
+class ClientRun:
+    returncode: int
+    stdout_lines: list[str]
+    stderr: str
+
+
+def roost_connect(url: str, *args: str, lines: list[str] = CLIENT_LINES) -> ClientRun:
+    """Runs `roost connect`, writes `lines` to its stdin, waits for as many lines on stdout,
+    then closes stdin, which makes it close the connection with 1000 and exit.
+
+    Stdin stays open until every echo is back: on EOF roost closes at once, and a peer that has
+    answered the close frame rightly sends no more echoes.
+    """
+    with tempfile.TemporaryFile() as stderr_file:
+        process = subprocess.Popen(
+            [str(ROOST_BIN), "connect", url, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+        stdout: queue.Queue[str | None] = queue.Queue()
+        reader = threading.Thread(target=_read_lines, args=(process.stdout, stdout), daemon=True)
+        reader.start()
+        received: list[str] = []
+        try:
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.write("".join(line + "\n" for line in lines).encode())
+                process.stdin.flush()
+            with contextlib.suppress(queue.Empty):
+                while len(received) < len(lines):
+                    line = stdout.get(timeout=EXCHANGE_TIMEOUT)
+                    if line is None:
+                        break
+                    received.append(line)
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.close()
+            returncode = process.wait(timeout=EXCHANGE_TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=EXCHANGE_TIMEOUT)
+        reader.join(SOCKET_TIMEOUT)
+        while not stdout.empty():
+            line = stdout.get_nowait()
+            if line is not None:
+                received.append(line)
+        stderr_file.seek(0)
+        stderr = stderr_file.read().decode(errors="replace")
+    return ClientRun(returncode, received, stderr)
+
+
+def _read_lines(stream, lines: queue.Queue[str | None]) -> None:
+    for raw in iter(stream.readline, b""):
+        lines.put(raw.decode(errors="replace").removesuffix("\n"))
+    lines.put(None)
 
 
 @pytest.mark.parametrize("compression", ["deflate", None], ids=["deflate", "no-deflate"])
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
 def test_roost_client_against_python_server(python_server, certificate, scheme, compression):
-    tls = scheme == "wss"
-    server = python_server(compression=compression, tls=certificate.server_context() if tls else None)
+    tls = certificate.server_context() if scheme == "wss" else None
+    server = python_server(compression=compression, tls=tls)
     url = f"{scheme}://127.0.0.1:{server.port}/interop"
     ca_args = ("--ca", str(certificate.ca)) if tls else ()
 
     result = roost_connect(url, *ca_args)
 
-    stderr = result.stderr.decode(errors="replace")
-    assert result.returncode == 0, stderr
-    assert result.stdout.decode().split("\n") == [*CLIENT_LINES, ""]
-    assert f"connected to {url}" in stderr.splitlines()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout_lines == CLIENT_LINES
+    assert f"connected to {url}" in result.stderr.splitlines()
 
     session = server.next_session()
     assert session.path == "/interop"
@@ -464,10 +511,9 @@ def test_roost_client_selects_subprotocol(python_server):
 
     result = roost_connect(url, "--protocol", "chat", lines=["hello chat"])
 
-    stderr = result.stderr.decode(errors="replace")
-    assert result.returncode == 0, stderr
-    assert f"connected to {url} (chat)" in stderr.splitlines()
-    assert result.stdout == b"hello chat\n"
+    assert result.returncode == 0, result.stderr
+    assert f"connected to {url} (chat)" in result.stderr.splitlines()
+    assert result.stdout_lines == ["hello chat"]
     assert server.next_session().subprotocol == "chat"
 
 
@@ -478,7 +524,8 @@ def test_roost_client_rejects_untrusted_certificate(python_server, certificate):
     result = roost_connect(f"wss://127.0.0.1:{server.port}/", lines=["never sent"])
 
     assert result.returncode != 0
-    assert result.stdout == b""
+    assert result.stdout_lines == []
+    assert "certificate" in result.stderr
 
 
 # --- 3. broken upgrade requests -> roost serve --------------------------------------------------

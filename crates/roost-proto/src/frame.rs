@@ -204,6 +204,8 @@ impl Frame {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn decode(bytes: &[u8]) -> FrameHeader {
@@ -300,6 +302,50 @@ mod tests {
                 let n = header.encode(&mut buf);
                 assert_eq!(decode(&buf[..n]), header);
             }
+        }
+    }
+
+    fn opcode() -> impl Strategy<Value = OpCode> {
+        prop_oneof![
+            Just(OpCode::Continuation),
+            Just(OpCode::Text),
+            Just(OpCode::Binary),
+            Just(OpCode::Close),
+            Just(OpCode::Ping),
+            Just(OpCode::Pong),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_valid_header_round_trips(
+            fin in any::<bool>(),
+            rsv in any::<[bool; 3]>(),
+            opcode in opcode(),
+            mask in any::<Option<[u8; 4]>>(),
+            len in prop_oneof![0u64..126, 126u64..=65535, 65536u64..(1 << 63)],
+        ) {
+            let header = FrameHeader {
+                fin: fin || opcode.is_control(),
+                rsv1: rsv[0],
+                rsv2: rsv[1],
+                rsv3: rsv[2],
+                opcode,
+                mask,
+                payload_len: if opcode.is_control() { len % 126 } else { len },
+            };
+            let mut buf = [0; MAX_HEADER_LEN];
+            let n = header.encode(&mut buf);
+            prop_assert_eq!(FrameHeader::decode(&buf[..n]), Ok(Some((header, n))));
+            // Any shorter prefix asks for more bytes instead of guessing.
+            for cut in 0..n {
+                prop_assert_eq!(FrameHeader::decode(&buf[..cut]), Ok(None));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..20)) {
+            let _ = FrameHeader::decode(&bytes);
         }
     }
 }

@@ -49,14 +49,27 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             message = ws.recv() => match message {
                 Some(Ok(Message::Text(text))) => println!("{text}"),
                 Some(Ok(Message::Binary(data))) => println!("<{} bytes of binary>", data.len()),
-                Some(Ok(Message::Close(frame))) => {
-                    eprintln!("closed by the server: {}", frame.map_or("no status".to_owned(), |f| f.to_string()));
-                }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => return Err(error).context("connection failed"),
                 None => break,
             },
         }
+    }
+    if let Some(status) = ws.close_status() {
+        let by = match status.initiator {
+            roost::CloseInitiator::Local => "closed",
+            roost::CloseInitiator::Peer => "closed by the server",
+            roost::CloseInitiator::ProtocolViolation => {
+                "closed after a protocol error by the server"
+            }
+            roost::CloseInitiator::Lost => "connection lost",
+        };
+        let reason = if status.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", status.reason)
+        };
+        eprintln!("{by}: {}{reason}", status.code);
     }
     Ok(())
 }
