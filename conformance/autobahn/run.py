@@ -194,6 +194,7 @@ def run_server_role(args, label, deadline, children, errors) -> None:
     kosoku = Child("kosoku", kosoku_argv, args.out / "kosoku.log")
     children.append(kosoku)
     wait_for_exit(kosoku, deadline, label, watch=[server], errors=errors)
+    check_kosoku(kosoku, args.out, errors)
     if server.exit_code() is None:
         return
     # The server died during the run; every later case fails, but the cause is this.
@@ -225,6 +226,16 @@ def run_client_role(args, label, deadline, children, errors) -> None:
     if kosoku.wait(min(REPORT_GRACE, max(0.0, deadline - time.monotonic()))) is None:
         errors.append(f"kosoku did not finish within {REPORT_GRACE:.0f} s of the client "
                       "exiting (the client must call /updateReports?agent=...)")
+        return
+    check_kosoku(kosoku, args.out, errors)
+
+
+def check_kosoku(kosoku: Child, out: Path, errors: list[str]) -> None:
+    """Note a kosoku that exited without writing a report (it exits 1 when a case fails, so
+    only the report's absence tells a crash apart)."""
+    if not (out / "index.json").exists():
+        errors.append(f"kosoku exited with status {kosoku.exit_code()} without writing a "
+                      f"report; log tail:\n{kosoku.log_tail()}")
 
 
 def selection_flags(args: argparse.Namespace) -> list[str]:
@@ -387,7 +398,8 @@ def load_report(out: Path, agent: str | None, errors: list[str]) -> dict[str, di
     """The report's case id -> index entry for one agent, or None (with an error) if absent."""
     index_path = out / "index.json"
     if not index_path.exists():
-        errors.append(f"kosoku wrote no report ({index_path}); see {out / 'kosoku.log'}")
+        if not errors:
+            errors.append(f"kosoku wrote no report ({index_path}); see {out / 'kosoku.log'}")
         return None
     index = json.loads(index_path.read_text())
     # index.json is keyed by agent: the Server header of a tested server, or the `agent`

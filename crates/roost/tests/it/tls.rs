@@ -1,11 +1,11 @@
 //! wss:// through rustls, with a certificate made for the test.
 
-use roost::{ClientBuilder, Message};
+use roost::{ClientBuilder, Config, Message};
 
 use super::{echo, next_data, within};
 
-#[tokio::test]
-async fn a_wss_client_and_server_talk_over_rustls() {
+/// A TLS echo server on a free port; returns its port and the CA PEM that verifies it.
+async fn tls_echo_server(config: Config) -> (u16, String, tokio::task::JoinHandle<bool>) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_pem = cert.cert.pem();
     let key_pem = cert.signing_key.serialize_pem();
@@ -17,9 +17,20 @@ async fn a_wss_client_and_server_talk_over_rustls() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let tls = acceptor.accept(tcp).await.unwrap();
-        echo(roost::accept(tls).await.unwrap()).await;
+        let ws = roost::accept_with(tls, &config, |_, r| Ok(r))
+            .await
+            .unwrap();
+        let no_masking = ws.negotiated().no_masking;
+        echo(ws).await;
+        no_masking
     });
-    let roots = roost::tls::client_config_with_pem_roots(cert_pem.as_bytes()).unwrap();
+    (port, cert_pem, server)
+}
+
+#[tokio::test]
+async fn a_wss_client_and_server_talk_over_rustls() {
+    let (port, ca, server) = tls_echo_server(Config::default()).await;
+    let roots = roost::tls::client_config_with_pem_roots(ca.as_bytes()).unwrap();
     let (mut ws, _) = within(
         ClientBuilder::new(&format!("wss://localhost:{port}/secure"))
             .unwrap()
@@ -32,7 +43,42 @@ async fn a_wss_client_and_server_talk_over_rustls() {
     assert_eq!(next_data(&mut ws).await, Message::text("over TLS"));
     within(ws.close(None)).await.unwrap();
     while within(ws.recv()).await.is_some() {}
-    within(server).await.unwrap();
+    assert!(
+        !within(server).await.unwrap(),
+        "no-masking is off by default"
+    );
+}
+
+#[tokio::test]
+async fn no_masking_is_used_over_tls_when_both_ends_opt_in() {
+    let config = Config::builder()
+        .dangerous_no_masking(true)
+        .build()
+        .unwrap();
+    let (port, ca, server) = tls_echo_server(config.clone()).await;
+    let roots = roost::tls::client_config_with_pem_roots(ca.as_bytes()).unwrap();
+    let (mut ws, response) = within(
+        ClientBuilder::new(&format!("wss://localhost:{port}/"))
+            .unwrap()
+            .config(config)
+            .tls_config(roots)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let extensions = response.headers()["sec-websocket-extensions"]
+        .to_str()
+        .unwrap();
+    assert!(extensions.contains("no-masking"), "{extensions}");
+    assert!(ws.negotiated().no_masking);
+    within(ws.send(Message::text("unmasked"))).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("unmasked"));
+    within(ws.close(None)).await.unwrap();
+    while within(ws.recv()).await.is_some() {}
+    assert!(
+        within(server).await.unwrap(),
+        "the server saw no-masking negotiated"
+    );
 }
 
 #[tokio::test]

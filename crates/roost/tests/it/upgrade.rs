@@ -70,3 +70,32 @@ async fn a_hyper_server_upgrades_and_keeps_serving_plain_http() {
         "{response}"
     );
 }
+
+#[tokio::test]
+async fn an_axum_route_upgrades_through_the_same_function() {
+    use axum::{Router, extract::Request, routing::get};
+
+    async fn ws_route(mut request: Request) -> Response<Full<Bytes>> {
+        match roost::upgrade::upgrade(&mut request, &Config::default(), |_, r| Ok(r)) {
+            Ok((response, websocket)) => {
+                tokio::spawn(async move {
+                    echo(websocket.await.unwrap()).await;
+                });
+                response
+            }
+            Err(rejection) => *rejection.response,
+        }
+    }
+
+    let app = Router::new()
+        .route("/chat", get(ws_route))
+        .route("/", get(|| async { "home" }));
+    let (listener, url) = listener().await;
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (mut ws, _) = within(roost::connect(&format!("{url}chat"))).await.unwrap();
+    within(ws.send(Message::binary(vec![1, 2, 3])))
+        .await
+        .unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::binary(vec![1, 2, 3]));
+    within(ws.close(None)).await.unwrap();
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs every test of the repository, installing what it needs on a fresh machine:
+#   formatting and lints, unit and integration tests (cargo nextest), doc tests,
+#   interop tests against Python websockets (pytest), and the Autobahn TestSuite
+#   through kosoku in both roles, diffed against conformance/autobahn/expected-*.json.
+#
+# Usage: scripts/test.sh [--quick]   (--quick skips the Autobahn runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=false
+[[ "${1:-}" == "--quick" ]] && quick=true
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# --- what the tests need ------------------------------------------------------------------
+if ! command -v openssl >/dev/null 2>&1; then
+  step "installing openssl (test certificates)"
+  apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+fi
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  step "installing python3-venv"
+  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+fi
+stamp=.venv/.requirements.sha256
+want=$(sha256sum conformance/requirements.txt | cut -d' ' -f1)
+if [[ ! -x .venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+  step "creating .venv with conformance/requirements.txt"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r conformance/requirements.txt
+  echo "$want" > "$stamp"
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  step "installing cargo-nextest"
+  cargo install --locked -q cargo-nextest
+fi
+
+# --- Rust ---------------------------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets -q -- -D warnings
+step "cargo nextest: unit and integration tests"
+cargo nextest run --workspace --no-fail-fast
+step "doc tests"
+cargo test --workspace --doc -q
+
+# --- interop and conformance against real peers -------------------------------------------
+step "building release binaries for the peer tests"
+cargo build --release -q -p roost-cli -p roost --example autobahn_client
+step "interop with Python websockets (pytest)"
+.venv/bin/python -m pytest tests/interop -q -p no:cacheprovider
+
+if ! $quick; then
+  kosoku=.venv/bin/kosoku
+  step "Autobahn TestSuite, roost as the server"
+  .venv/bin/python conformance/autobahn/run.py server --kosoku "$kosoku" --parallelism 4 \
+    --cmd "target/release/roost serve --app echo --listen 127.0.0.1:{port}"
+  step "Autobahn TestSuite, roost as the client"
+  .venv/bin/python conformance/autobahn/run.py client --kosoku "$kosoku" \
+    --cmd "target/release/examples/autobahn_client {url}"
+fi
+step "all tests passed"
