@@ -542,6 +542,9 @@ def print_outcome(label: str, outcome: Outcome, report: dict[str, dict], out: Pa
     if not outcome.problems:
         return
     count = len(outcome.problems)
+    if not report:
+        print(f"{label}: no report, so all {count} expected cases are missing")
+        return
     print(f"{label}: {count} case{'s' if count != 1 else ''} do not match {expected_path}:")
     if not expected_path.exists():
         print("  (the expected file does not exist yet; --update creates it)")

@@ -12,7 +12,8 @@ pub(crate) struct Args {
     /// Offer a subprotocol (repeatable).
     #[arg(long = "protocol")]
     protocols: Vec<String>,
-    /// PEM file with extra root certificates to trust for wss:// (a private CA, a test cert).
+    /// For wss://, trust only the certificates in this PEM file (a private CA, a test
+    /// certificate) instead of the web PKI roots.
     #[arg(long)]
     ca: Option<std::path::PathBuf>,
 }
