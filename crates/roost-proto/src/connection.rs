@@ -44,7 +44,7 @@ use crate::{
     deflate::DeflateCodec,
     error::{ProtocolError, UsageError},
     extension::Negotiated,
-    frame::{Frame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode},
+    frame::{Frame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_frame},
     mask::apply_mask,
     message::{Message, Utf8Bytes},
     utf8::Utf8Validator,
@@ -180,6 +180,18 @@ pub struct Connection {
     scratch: Vec<u8>,
     out: BytesMut,
     events: VecDeque<Event>,
+    auto_response: Option<AutoResponse>,
+    auto_response_hits: u64,
+}
+
+/// A request/response pair answered inside the codec: a text message equal to `request` is
+/// answered with the text `response` and never becomes an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoResponse {
+    /// The exact text to answer.
+    pub request: Utf8Bytes,
+    /// The text sent back.
+    pub response: Utf8Bytes,
 }
 
 impl fmt::Debug for Connection {
@@ -243,6 +255,8 @@ impl Connection {
             scratch: Vec::new(),
             out: BytesMut::new(),
             events: VecDeque::new(),
+            auto_response: None,
+            auto_response_hits: 0,
         }
     }
 
@@ -573,6 +587,10 @@ impl Connection {
         if fin {
             self.message = None;
             if self.config.assemble_messages() {
+                if opcode == OpCode::Text && self.answer_automatically() {
+                    self.payload.clear();
+                    return Ok(());
+                }
                 let payload = self.payload.split().freeze();
                 let message = match opcode {
                     OpCode::Text => Message::Text(Utf8Bytes::from_validated(payload)),
@@ -609,6 +627,59 @@ impl Connection {
             self.parse_unparsed();
         }
         self.events.pop_front()
+    }
+
+    /// Answers the complete text message in `payload` if it is the auto-response request.
+    fn answer_automatically(&mut self) -> bool {
+        let Some(auto) = &self.auto_response else {
+            return false;
+        };
+        if self.payload[..] != auto.request.as_bytes()[..] || !self.can_send() {
+            return false;
+        }
+        let response = auto.response.clone();
+        self.auto_response_hits += 1;
+        self.write_frame(OpCode::Text, true, false, response.as_bytes());
+        true
+    }
+
+    /// Sets (or with `None` clears) the text request answered inside the codec: a received
+    /// text message equal to `request` is answered with `response`, uncompressed, without an
+    /// event. Heartbeats (`"ping"` / `"pong"`) then never reach the application.
+    pub fn set_auto_response(&mut self, auto_response: Option<AutoResponse>) {
+        self.auto_response = auto_response;
+    }
+
+    /// The auto-response in force.
+    pub fn auto_response(&self) -> Option<&AutoResponse> {
+        self.auto_response.as_ref()
+    }
+
+    /// How many messages the auto-response answered.
+    pub fn auto_response_hits(&self) -> u64 {
+        self.auto_response_hits
+    }
+
+    /// Gives back the memory an idle connection does not need: empty receive and send
+    /// buffers, and compression state that is reset after every message anyway. Does nothing
+    /// to a buffer that holds data (a partial frame, unsent output). Cheap to call when the
+    /// connection goes quiet; buffers grow again on the next message.
+    pub fn release_buffers(&mut self) {
+        if self.frame.is_none() && self.message.is_none() {
+            self.payload = BytesMut::new();
+            self.compressed = BytesMut::new();
+            self.control = Vec::new();
+            if let Some(codec) = self.deflate.as_mut() {
+                codec.release_idle_state();
+            }
+        }
+        if self.unparsed.is_empty() {
+            self.unparsed = BytesMut::new();
+        }
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
+        }
+        self.scratch = Vec::new();
     }
 
     // ----- write side ------------------------------------------------------------------
@@ -768,24 +839,7 @@ impl Connection {
             (Role::Client, false, Some(masks)) => Some(masks.next_mask()),
             _ => None,
         };
-        let header = FrameHeader {
-            fin,
-            rsv1,
-            rsv2: false,
-            rsv3: false,
-            opcode,
-            mask,
-            payload_len: payload.len() as u64,
-        };
-        let mut encoded = [0u8; MAX_HEADER_LEN];
-        let header_len = header.encode(&mut encoded);
-        self.out.reserve(header_len + payload.len());
-        self.out.extend_from_slice(&encoded[..header_len]);
-        let start = self.out.len();
-        self.out.extend_from_slice(payload);
-        if let Some(key) = mask {
-            apply_mask(&mut self.out[start..], key, 0);
-        }
+        encode_frame(&mut self.out, opcode, fin, rsv1, mask, payload);
     }
 
     /// Bytes waiting to be written to the transport.

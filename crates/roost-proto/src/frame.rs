@@ -1,9 +1,9 @@
 //! Frame headers: opcodes, FIN and RSV bits, the three length forms and the mask
 //! (RFC 6455 §5.2).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use crate::error::ProtocolError;
+use crate::{error::ProtocolError, mask::apply_mask};
 
 /// The largest encoded header: 2 bytes, an 8-byte length and a 4-byte mask.
 pub const MAX_HEADER_LEN: usize = 14;
@@ -174,6 +174,38 @@ impl FrameHeader {
             len += 4;
         }
         len
+    }
+}
+
+/// Appends one whole frame to `out`: header, then `payload`, masked with `mask` if given.
+///
+/// The building block for senders that encode a frame once and share the bytes, such as a
+/// server broadcasting to a room (server frames are unmasked). RSV2 and RSV3 are always clear.
+pub fn encode_frame(
+    out: &mut BytesMut,
+    opcode: OpCode,
+    fin: bool,
+    rsv1: bool,
+    mask: Option<[u8; 4]>,
+    payload: &[u8],
+) {
+    let header = FrameHeader {
+        fin,
+        rsv1,
+        rsv2: false,
+        rsv3: false,
+        opcode,
+        mask,
+        payload_len: payload.len() as u64,
+    };
+    let mut encoded = [0u8; MAX_HEADER_LEN];
+    let header_len = header.encode(&mut encoded);
+    out.reserve(header_len + payload.len());
+    out.extend_from_slice(&encoded[..header_len]);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(key) = mask {
+        apply_mask(&mut out[start..], key, 0);
     }
 }
 

@@ -41,7 +41,9 @@ pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, ConfigBuilder, DeflateConfig, Limits};
-pub use connection::{CloseInitiator, CloseStatus, Connection, Event, MaskSource, Role};
+pub use connection::{
+    AutoResponse, CloseInitiator, CloseStatus, Connection, Event, MaskSource, Role,
+};
 pub use error::{ConfigError, HandshakeError, ProtocolError, UsageError};
 pub use extension::{DeflateParams, Negotiated};
 pub use frame::{Frame, OpCode};

@@ -689,3 +689,62 @@ proptest! {
         prop_assert_eq!(events(&mut server), expected);
     }
 }
+
+#[test]
+fn the_auto_response_answers_inside_the_codec_without_an_event() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair();
+    server.set_auto_response(Some(AutoResponse {
+        request: Utf8Bytes::from_static("heartbeat"),
+        response: Utf8Bytes::from_static("alive"),
+    }));
+    client.send_text("heartbeat").unwrap();
+    client.send_text("heartbeat!").unwrap();
+    client.send_binary(b"heartbeat").unwrap();
+    client.send_text("heartbeat").unwrap();
+    pump(&mut client, &mut server, now);
+    assert_eq!(
+        events(&mut server),
+        vec![
+            text("heartbeat!"),
+            Event::Message(Message::binary(&b"heartbeat"[..]))
+        ],
+        "only the exact text request is answered"
+    );
+    assert_eq!(server.auto_response_hits(), 2);
+    pump(&mut server, &mut client, now);
+    assert_eq!(events(&mut client), vec![text("alive"), text("alive")]);
+    server.set_auto_response(None);
+    client.send_text("heartbeat").unwrap();
+    pump(&mut client, &mut server, now);
+    assert_eq!(events(&mut server), vec![text("heartbeat")]);
+}
+
+#[test]
+fn an_idle_connection_gives_its_buffers_back() {
+    let now = Instant::now();
+    let negotiated = Negotiated {
+        deflate: Some(DeflateParams {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            ..DeflateParams::default()
+        }),
+        no_masking: false,
+    };
+    let (mut client, mut server) = pair_with(Config::default(), negotiated);
+    let payload = "release me ".repeat(10_000);
+    client.send_text(&payload).unwrap();
+    pump(&mut client, &mut server, now);
+    assert_eq!(events(&mut server), vec![text(&payload)]);
+    assert!(server.payload.capacity() > 0);
+    server.release_buffers();
+    assert_eq!(server.payload.capacity(), 0);
+    assert_eq!(server.out.capacity(), 0);
+    // Still works afterwards, compression state made again on demand.
+    client.send_text(&payload).unwrap();
+    pump(&mut client, &mut server, now);
+    assert_eq!(events(&mut server), vec![text(&payload)]);
+    server.send_text(&payload).unwrap();
+    pump(&mut server, &mut client, now);
+    assert_eq!(events(&mut client), vec![text(&payload)]);
+}

@@ -67,10 +67,12 @@ const MIN_COMPRESS_SPARE: usize = 256;
 /// One codec holds a compressor and an inflater whose LZ77 windows persist between messages
 /// unless the matching `*_no_context_takeover` parameter was agreed.
 pub struct DeflateCodec {
-    /// Our side's compressor; its window size is fixed at construction.
-    compressor: Compress,
-    /// The inflater for the peer's messages.
-    decompressor: Decompress,
+    /// Our side's compressor, made on first use; its window size is fixed at construction.
+    compressor: Option<Compress>,
+    /// The inflater for the peer's messages, made on first use.
+    decompressor: Option<Decompress>,
+    /// The compression level for `compressor`.
+    level: Compression,
     /// Reset `compressor` after every message (our side's `no_context_takeover`).
     reset_compressor: bool,
     /// Reset `decompressor` after every message (the peer's `no_context_takeover`).
@@ -117,8 +119,9 @@ impl DeflateCodec {
         let decompress_window_bits = usable_window_bits(theirs.0);
         let level = Compression::new(config.level.min(9));
         DeflateCodec {
-            compressor: Compress::new_with_window_bits(level, false, compress_window_bits),
-            decompressor: Decompress::new_with_window_bits(false, decompress_window_bits),
+            compressor: None,
+            decompressor: None,
+            level,
             reset_compressor: ours.1,
             reset_decompressor: theirs.1,
             compression_threshold: config.compression_threshold,
@@ -137,6 +140,10 @@ impl DeflateCodec {
     /// (sync flush, trailing `00 00 ff ff` removed). Resets the context afterwards when
     /// `no_context_takeover` applies to our side.
     pub fn compress(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+        let (level, bits) = (self.level, self.compress_window_bits);
+        let compressor = self
+            .compressor
+            .get_or_insert_with(|| Compress::new_with_window_bits(level, false, bits));
         out.clear();
         out.reserve(payload.len() / 4 + MIN_COMPRESS_SPARE);
         let mut consumed = 0;
@@ -144,13 +151,12 @@ impl DeflateCodec {
             if out.capacity() - out.len() < MIN_COMPRESS_SPARE {
                 out.reserve(MIN_COMPRESS_SPARE);
             }
-            let in_before = self.compressor.total_in();
+            let in_before = compressor.total_in();
             let out_before = out.len();
-            let status = self
-                .compressor
+            let status = compressor
                 .compress_vec(&payload[consumed..], out, FlushCompress::Sync)
                 .expect("deflate on a live stream with a sync flush cannot fail");
-            let step_in = (self.compressor.total_in() - in_before) as usize;
+            let step_in = (compressor.total_in() - in_before) as usize;
             consumed += step_in;
             // zlib finished the flush when it returns with output space left over.
             let done = consumed == payload.len() && out.len() < out.capacity();
@@ -170,8 +176,22 @@ impl DeflateCodec {
             out.push(0x00);
         }
         if self.reset_compressor {
-            self.compressor.reset();
+            compressor.reset();
         }
+    }
+
+    /// Frees the compression state that no message needs: the compressor or inflater whose
+    /// context is reset after every message anyway. Call it between messages (an idle
+    /// connection); the state is made again on next use. Returns whether anything was freed.
+    pub fn release_idle_state(&mut self) -> bool {
+        let mut freed = false;
+        if self.reset_compressor {
+            freed |= self.compressor.take().is_some();
+        }
+        if self.reset_decompressor {
+            freed |= self.decompressor.take().is_some();
+        }
+        freed
     }
 
     /// Inflates one received frame's payload of a compressed message, appending to `out`.
@@ -196,7 +216,9 @@ impl DeflateCodec {
         if fin {
             self.inflate(&TAIL, out, max_message)?;
             if self.reset_decompressor {
-                self.decompressor.reset(false);
+                if let Some(decompressor) = self.decompressor.as_mut() {
+                    decompressor.reset(false);
+                }
             }
         }
         Ok(())
@@ -211,6 +233,10 @@ impl DeflateCodec {
         max_message: usize,
     ) -> Result<(), ProtocolError> {
         let too_large = ProtocolError::MessageTooLarge { max: max_message };
+        let bits = self.decompress_window_bits;
+        let decompressor = self
+            .decompressor
+            .get_or_insert_with(|| Decompress::new_with_window_bits(false, bits));
         let mut step = input
             .len()
             .saturating_mul(4)
@@ -224,13 +250,11 @@ impl DeflateCodec {
             step = (step * 2).min(INFLATE_CHUNK);
             let start = out.len();
             out.resize(start + space, 0);
-            let in_before = self.decompressor.total_in();
-            let out_before = self.decompressor.total_out();
-            let result =
-                self.decompressor
-                    .decompress(input, &mut out[start..], FlushDecompress::None);
-            let consumed = (self.decompressor.total_in() - in_before) as usize;
-            let produced = (self.decompressor.total_out() - out_before) as usize;
+            let in_before = decompressor.total_in();
+            let out_before = decompressor.total_out();
+            let result = decompressor.decompress(input, &mut out[start..], FlushDecompress::None);
+            let consumed = (decompressor.total_in() - in_before) as usize;
+            let produced = (decompressor.total_out() - out_before) as usize;
             out.truncate(start + produced);
             input = &input[consumed..];
             let status = result.map_err(|error| {
@@ -244,7 +268,7 @@ impl DeflateCodec {
             if status == Status::StreamEnd {
                 // A final block ended the DEFLATE stream (RFC 7692 §7.2.3.4): whatever follows
                 // starts a new one.
-                self.decompressor.reset(false);
+                decompressor.reset(false);
                 if input.is_empty() {
                     return Ok(());
                 }

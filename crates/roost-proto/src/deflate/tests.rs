@@ -373,7 +373,7 @@ fn decompression_bomb_stops_at_the_limit() {
     assert!(out.len() <= max + 1, "{}", out.len());
     assert!(out.capacity() <= 4 * max, "{}", out.capacity());
     // Only the input needed to pass the limit was read: about 1/256 of the bomb.
-    let read = codec.decompressor.total_in() as usize;
+    let read = codec.decompressor.as_ref().map_or(0, |d| d.total_in()) as usize;
     assert!(read < bomb.len() / 50, "read {read} of {}", bomb.len());
 }
 
