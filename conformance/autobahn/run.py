@@ -61,6 +61,8 @@ STOP_GRACE = 5.0
 HEARTBEAT = 60.0
 """Seconds between "still running" lines, so a long CI step visibly makes progress."""
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 ACCEPTABLE_BEHAVIORS = frozenset({"OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED"})
 ACCEPTABLE_CLOSES = frozenset({"OK", "INFORMATIONAL"})
 
@@ -74,8 +76,8 @@ def main() -> int:
     role = args.role
     label = f"autobahn-{role}"
     # SIGTERM and SIGHUP unwind like Ctrl-C, so the `finally` blocks stop the children.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGHUP, raise_interrupt)
     try:
         return run(args, label)
     except KeyboardInterrupt:
@@ -159,11 +161,12 @@ def run(args: argparse.Namespace, label: str) -> int:
     except HarnessError as error:
         errors.append(str(error))
     finally:
-        # A second Ctrl-C must not cut the cleanup short and leave a child behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A second Ctrl-C or SIGTERM must not cut the cleanup short and leave a child behind.
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
         for child in reversed(children):
             child.stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
     report = load_report(args.out, args.agent, errors)
     if args.update and report is not None:
@@ -179,13 +182,14 @@ def run(args: argparse.Namespace, label: str) -> int:
 # --- running the suite ----------------------------------------------------------------------
 
 
-def run_server_role(args, label, deadline, children, errors) -> None:
+def run_server_role(args: argparse.Namespace, label: str, deadline: float,
+                    children: list[Child], errors: list[str]) -> None:
     port = free_port()
     server_argv = shlex.split(args.cmd.replace("{port}", str(port)))
     print(f"{label}: starting server on port {port}: {shlex.join(server_argv)}", flush=True)
     server = Child("server", server_argv, args.out / "server.log")
     children.append(server)
-    wait_for_port(port, server, min(deadline, time.monotonic() + SERVER_START_TIMEOUT))
+    wait_for_port(port, server, min(SERVER_START_TIMEOUT, remaining(deadline)))
 
     kosoku_argv = [args.kosoku, f"{HOST}:{port}", "-o", str(args.out),
                    "-p", str(args.parallelism), *selection_flags(args)]
@@ -202,13 +206,14 @@ def run_server_role(args, label, deadline, children, errors) -> None:
                   f"log tail:\n{server.log_tail()}")
 
 
-def run_client_role(args, label, deadline, children, errors) -> None:
+def run_client_role(args: argparse.Namespace, label: str, deadline: float,
+                    children: list[Child], errors: list[str]) -> None:
     port = free_port()
     kosoku_argv = [args.kosoku, "-m", "fuzzingserver", f"{HOST}:{port}", "-o", str(args.out),
                    *selection_flags(args)]
     kosoku = Child("kosoku", kosoku_argv, args.out / "kosoku.log")
     children.append(kosoku)
-    wait_for_port(port, kosoku, min(deadline, time.monotonic() + SERVER_START_TIMEOUT))
+    wait_for_port(port, kosoku, min(SERVER_START_TIMEOUT, remaining(deadline)))
 
     url = f"ws://{HOST}:{port}"
     client_argv = shlex.split(args.cmd.replace("{url}", url))
@@ -223,9 +228,10 @@ def run_client_role(args, label, deadline, children, errors) -> None:
     status = client.exit_code()
     if status not in (None, 0):
         errors.append(f"the client exited with status {status}; log tail:\n{client.log_tail()}")
-    if kosoku.wait(min(REPORT_GRACE, max(0.0, deadline - time.monotonic()))) is None:
-        errors.append(f"kosoku did not finish within {REPORT_GRACE:.0f} s of the client "
-                      "exiting (the client must call /updateReports?agent=...)")
+    grace = min(REPORT_GRACE, remaining(deadline))
+    if kosoku.wait(grace) is None:
+        errors.append(f"kosoku did not finish within {grace:.0f} s of the client exiting "
+                      "(the client must call /updateReports?agent=...)")
         return
     check_kosoku(kosoku, args.out, errors)
 
@@ -314,8 +320,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_port(port: int, child: Child, deadline: float) -> None:
-    """Return once `port` accepts TCP; fail if `child` exits first or `deadline` passes."""
+def wait_for_port(port: int, child: Child, timeout: float) -> None:
+    """Return once `port` accepts TCP; fail if `child` exits first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
     while True:
         status = child.exit_code()
         if status is not None:
@@ -328,7 +335,7 @@ def wait_for_port(port: int, child: Child, deadline: float) -> None:
             pass
         if time.monotonic() >= deadline:
             raise HarnessError(f"the {child.name} did not accept connections on port {port} "
-                             f"within {SERVER_START_TIMEOUT:.0f} s; log tail:\n"
+                             f"within {timeout:.0f} s; log tail:\n"
                              f"{child.log_tail()}")
         time.sleep(0.1)
 
@@ -358,6 +365,10 @@ def wait_for_exit(child: Child, deadline: float, label: str, watch: list[Child],
             last_beat = now
             print(f"{label}: {child.name} still running ({(now - started) / 60:.0f} min)",
                   flush=True)
+
+
+def remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
 
 
 def prepare_out_dir(out: Path) -> None:

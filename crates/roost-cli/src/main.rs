@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod apps;
 mod cmd;
 
 /// roost: a WebSocket server and client.

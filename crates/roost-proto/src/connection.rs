@@ -660,18 +660,14 @@ impl Connection {
         self.auto_response_hits
     }
 
-    /// Gives back the memory an idle connection does not need: empty receive and send
-    /// buffers, and compression state that is reset after every message anyway. Does nothing
-    /// to a buffer that holds data (a partial frame, unsent output). Cheap to call when the
-    /// connection goes quiet; buffers grow again on the next message.
+    /// Gives back the memory of empty receive and send buffers. Does nothing to a buffer that
+    /// holds data (a partial frame, unsent output). Cheap to call when the connection goes
+    /// quiet; buffers grow again on the next message.
     pub fn release_buffers(&mut self) {
         if self.frame.is_none() && self.message.is_none() {
             self.payload = BytesMut::new();
             self.compressed = BytesMut::new();
             self.control = Vec::new();
-            if let Some(codec) = self.deflate.as_mut() {
-                codec.release_idle_state();
-            }
         }
         if self.unparsed.is_empty() {
             self.unparsed = BytesMut::new();
@@ -680,6 +676,17 @@ impl Connection {
             self.out = BytesMut::new();
         }
         self.scratch = Vec::new();
+    }
+
+    /// Drops permessage-deflate state that is reset after every message anyway (the sides
+    /// with `no_context_takeover`); it is made again on next use. For connections idle long
+    /// enough that the memory matters more than the set-up cost. Returns whether anything was
+    /// freed.
+    pub fn release_compression_state(&mut self) -> bool {
+        match self.deflate.as_mut() {
+            Some(codec) if self.message.is_none() => codec.release_idle_state(),
+            _ => false,
+        }
     }
 
     // ----- write side ------------------------------------------------------------------

@@ -28,6 +28,16 @@ pub(crate) struct Args {
     /// Do not negotiate permessage-deflate.
     #[arg(long)]
     no_compression: bool,
+    /// Keep attachments and the resume key in this directory (chat): written durably before
+    /// the app is told they are stored, recovered after a crash.
+    #[arg(long)]
+    durable: Option<PathBuf>,
+    /// Most WebSocket connections at once (chat); past it the handshake gets 503.
+    #[arg(long, default_value_t = 20_000)]
+    max_connections: usize,
+    /// Allowed Origin (chat, repeatable); others get 403. Default: any origin.
+    #[arg(long = "allow-origin")]
+    allowed_origins: Vec<String>,
 }
 
 /// The applications `roost serve` can run.
@@ -35,9 +45,14 @@ pub(crate) struct Args {
 enum App {
     /// Echo every text and binary message back with the same type.
     Echo,
+    /// Chat rooms at /chat/<room> with a demo page at /, resume and durable attachments.
+    Chat,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    if let App::Chat = args.app {
+        return run_server_app(args).await;
+    }
     let deflate = roost::DeflateConfig {
         enabled: !args.no_compression,
         ..Default::default()
@@ -127,5 +142,39 @@ where
         }
     }
     debug!(status = ?ws.close_status(), "connection closed");
+    Ok(())
+}
+
+/// Runs an app built on roost-server (graceful shutdown on SIGTERM and SIGINT).
+async fn run_server_app(args: Args) -> anyhow::Result<()> {
+    if args.tls_cert.is_some() {
+        anyhow::bail!("--app chat serves plain ws:// only; terminate TLS in front of it");
+    }
+    let mut config = roost_server::ServerConfig {
+        max_connections: args.max_connections,
+        allowed_origins: args.allowed_origins.clone(),
+        durable_dir: args.durable.clone(),
+        ..Default::default()
+    };
+    if args.no_compression {
+        let protocol = Config::builder()
+            .max_message_size(args.max_message_size)
+            .deflate(roost::DeflateConfig::disabled())
+            .build()
+            .context("invalid limits")?;
+        config.protocol = protocol;
+    }
+    let app = match args.app {
+        App::Chat => crate::apps::chat::app()?,
+        App::Echo => unreachable!("echo runs on the roost driver directly"),
+    };
+    let server = app
+        .config(config)
+        .bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    info!(app = ?args.app, durable = ?args.durable, "listening on ws://{}", server.local_addr()?);
+    server.run().await?;
+    info!("stopped");
     Ok(())
 }

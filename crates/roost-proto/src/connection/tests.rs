@@ -738,6 +738,7 @@ fn an_idle_connection_gives_its_buffers_back() {
     assert_eq!(events(&mut server), vec![text(&payload)]);
     assert!(server.payload.capacity() > 0);
     server.release_buffers();
+    assert!(server.release_compression_state());
     assert_eq!(server.payload.capacity(), 0);
     assert_eq!(server.out.capacity(), 0);
     // Still works afterwards, compression state made again on demand.

@@ -215,10 +215,12 @@ impl DeflateCodec {
         self.inflate(input, out, max_message)?;
         if fin {
             self.inflate(&TAIL, out, max_message)?;
-            if self.reset_decompressor {
-                if let Some(decompressor) = self.decompressor.as_mut() {
-                    decompressor.reset(false);
-                }
+            if let Some(decompressor) = self
+                .decompressor
+                .as_mut()
+                .filter(|_| self.reset_decompressor)
+            {
+                decompressor.reset(false);
             }
         }
         Ok(())

@@ -1,0 +1,88 @@
+//! The chat app: rooms at `/chat/<room>`, a demo page at `/`.
+//!
+//! Protocol (text frames): the first message is the sender's name, answered `hello <name>`
+//! then `resume <token>`; every later message is broadcast to the room as `<name>: <text>`,
+//! the sender included. `heartbeat` is answered `alive` by an auto-response and never
+//! reaches the handler. A client reconnecting with `?resume=<token>` gets `welcome back
+//! <name>` and keeps its name.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use roost_server::{App, Data, Disconnect, Handler, Room, RouteError, Ws, WsRoute};
+
+/// The demo page, embedded in the binary.
+const PAGE: &str = include_str!("../../../../web/index.html");
+
+/// Longest accepted name, in characters.
+const MAX_NAME: usize = 64;
+
+/// The chat application's handler.
+pub(crate) struct Chat;
+
+impl Handler for Chat {
+    async fn on_open(&self, ws: &Ws, _url: &http::Uri) -> Result<(), Disconnect> {
+        ws.set_auto_response("heartbeat", "alive");
+        // A resumed connection already carries the name it had.
+        if let Ok(Some(name)) = ws.deserialize_attachment::<String>() {
+            ws.send_text(format!("welcome back {name}"));
+        }
+        Ok(())
+    }
+
+    async fn on_message(&self, ws: &Ws, data: Data, room: &Room) -> Result<(), Disconnect> {
+        let Data::Text(text) = data else {
+            return Err(Disconnect::new(1003, "the chat speaks text only"));
+        };
+        let name = ws
+            .deserialize_attachment::<String>()
+            .map_err(|_| Disconnect::new(1011, "stored name is unreadable"))?;
+        match name {
+            Some(name) => {
+                room.broadcast(format!("{name}: {text}"));
+            }
+            None => {
+                let name = text.trim();
+                if name.is_empty() || name.chars().count() > MAX_NAME {
+                    return Err(Disconnect::policy(format!(
+                        "a name is 1 to {MAX_NAME} characters"
+                    )));
+                }
+                ws.serialize_attachment(name).await.map_err(|error| {
+                    tracing::warn!(%error, "cannot store the name");
+                    Disconnect::new(1011, "cannot store your name right now")
+                })?;
+                ws.send_text(format!("hello {name}"));
+                ws.send_text(format!("resume {}", ws.resume_token()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The chat app with its page.
+pub(crate) fn app() -> Result<App, RouteError> {
+    Ok(App::new()
+        .route("/chat/:room", WsRoute::new(Chat).room_from_path("room"))?
+        .http(page))
+}
+
+async fn page(request: Request<Bytes>) -> Response<Bytes> {
+    let (status, body, kind) = match request.uri().path() {
+        "/" | "/index.html" => (
+            StatusCode::OK,
+            Bytes::from_static(PAGE.as_bytes()),
+            "text/html; charset=utf-8",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(b"not found\n"),
+            "text/plain",
+        ),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(kind));
+    response
+}

@@ -1,0 +1,3 @@
+//! The applications `roost serve --app` runs on roost-server.
+
+pub(crate) mod chat;

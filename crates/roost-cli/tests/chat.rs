@@ -1,0 +1,180 @@
+//! The `roost serve --app chat` binary as users run it: durable attachments across kill -9,
+//! graceful SIGTERM, resume after restarts.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use roost::{CloseCode, Message};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+async fn within<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(LIMIT, future)
+        .await
+        .expect("the test step did not finish in time")
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn serve_chat(dir: &Path) -> Server {
+    let addr = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args([
+            "serve",
+            "--app",
+            "chat",
+            "--listen",
+            &addr.to_string(),
+            "--durable",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the server did not start listening"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Server { child, addr }
+}
+
+type Client = roost::WebSocket<roost::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_text(ws: &mut Client) -> String {
+    loop {
+        match within(ws.recv()).await {
+            Some(Ok(Message::Text(text))) => return text.to_string(),
+            Some(Ok(_)) => {}
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// Joins `room` as `name`; returns the connection and its resume token.
+async fn join(addr: SocketAddr, room: &str, name: &str) -> (Client, String) {
+    let (mut ws, _) = within(roost::connect(&format!("ws://{addr}/chat/{room}")))
+        .await
+        .unwrap();
+    within(ws.send(Message::text(name))).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, format!("hello {name}"));
+    let token = next_text(&mut ws)
+        .await
+        .strip_prefix("resume ")
+        .unwrap()
+        .to_owned();
+    (ws, token)
+}
+
+fn attachment_ids(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir.join("ws"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter_map(|name| name.strip_suffix(".att").map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_acknowledged_attachment_survives_kill_9_and_resumes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_chat(dir.path()).await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        // `hello` is only sent once the name is on disk: each of these is acknowledged.
+        clients.push((
+            format!("user{i}"),
+            join(server.addr, "crash", &format!("user{i}")).await,
+        ));
+    }
+    let before = attachment_ids(dir.path());
+    assert_eq!(before.len(), 20);
+    drop(server); // SIGKILL: no chance to clean up or flush anything
+    let server = serve_chat(dir.path()).await;
+    for (name, (_old, token)) in &clients {
+        let url = format!("ws://{}/chat/crash?resume={token}", server.addr);
+        let (mut ws, _) = within(roost::connect(&url)).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, format!("welcome back {name}"));
+        within(ws.send(Message::text("still me"))).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, format!("{name}: still me"));
+        // The token worked once: a second use is refused.
+        let error = within(roost::connect(&url)).await.unwrap_err();
+        assert!(error.to_string().contains("401"), "{error}");
+    }
+    let after = attachment_ids(dir.path());
+    assert_eq!(
+        after.len(),
+        20,
+        "every attachment moved to its new connection"
+    );
+    assert!(
+        after.is_disjoint(&before),
+        "new connection ids never reuse old ones"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_with_1001_keeps_files_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve_chat(dir.path()).await;
+    let (mut ws, token) = join(server.addr, "lobby", "grace").await;
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status();
+    assert!(status.unwrap().success());
+    let mut close = None;
+    while let Some(message) = within(ws.recv()).await {
+        if let Ok(Message::Close(frame)) = message {
+            close = frame;
+        }
+    }
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::GOING_AWAY));
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the server did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+    assert_eq!(
+        attachment_ids(dir.path()).len(),
+        1,
+        "the graceful shutdown kept the attachment"
+    );
+    let server = serve_chat(dir.path()).await;
+    let url = format!("ws://{}/chat/lobby?resume={token}", server.addr);
+    let (mut ws, _) = within(roost::connect(&url)).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "welcome back grace");
+}

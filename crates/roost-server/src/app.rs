@@ -1,0 +1,754 @@
+//! [`App`]: routes and handlers; [`Server`]: the accept loop, handshakes and shutdown.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+    task::{Context, Poll},
+    time::{Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use roost::proto::{
+    Connection,
+    handshake::{self, RequestReader},
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{Notify, watch},
+};
+
+use crate::{
+    AttachmentError, Metrics, ServerConfig,
+    handler::{DynHandler, DynHttpHandler, Handler, HttpHandler, not_found},
+    peer::{self, Peer},
+    resume::{ResumeKey, UsedTokens},
+    room::Rooms,
+    store::{AttachmentStore, ConnectionId, DirStore, MemoryStore},
+};
+
+/// A WebSocket route: its handler, how its rooms are keyed, the subprotocols it speaks.
+pub struct WsRoute {
+    handler: Arc<dyn DynHandler>,
+    room_param: Option<String>,
+    protocols: Vec<String>,
+}
+
+impl WsRoute {
+    /// A route run by `handler`.
+    pub fn new<H: Handler>(handler: H) -> Self {
+        WsRoute {
+            handler: Arc::new(handler),
+            room_param: None,
+            protocols: Vec::new(),
+        }
+    }
+
+    /// Keys rooms by the path parameter `name` (`/chat/:room` with `"room"`) instead of the
+    /// whole path.
+    pub fn room_from_path(mut self, name: &str) -> Self {
+        self.room_param = Some(name.to_owned());
+        self
+    }
+
+    /// The subprotocols this route speaks, in order of preference; the first one the client
+    /// also offers is selected. None by default (no subprotocol is ever echoed blindly).
+    pub fn protocols<I, S>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.protocols = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+/// A route pattern could not be added.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid route {pattern:?}: {reason}")]
+pub struct RouteError {
+    pattern: String,
+    reason: String,
+}
+
+/// The application: WebSocket routes, the HTTP handler for everything else, and settings.
+///
+/// ```no_run
+/// use roost_server::{App, Data, Disconnect, Handler, Room, Ws};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     async fn on_message(&self, ws: &Ws, data: Data, _room: &Room) -> Result<(), Disconnect> {
+///         ws.send(data);
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = App::new().ws("/echo", Echo)?.bind("127.0.0.1:9001".parse()?).await?;
+/// server.run().await?; // until SIGTERM or SIGINT, then a graceful shutdown
+/// # Ok(()) }
+/// ```
+pub struct App {
+    config: ServerConfig,
+    router: matchit::Router<usize>,
+    routes: Vec<WsRoute>,
+    http: Arc<dyn DynHttpHandler>,
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl App {
+    /// An application with the default [`ServerConfig`], no routes, and 404 for HTTP.
+    pub fn new() -> Self {
+        App {
+            config: ServerConfig::default(),
+            router: matchit::Router::new(),
+            routes: Vec::new(),
+            http: Arc::new(not_found),
+        }
+    }
+
+    /// Replaces the settings.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Adds a WebSocket route run by `handler`; rooms are keyed by the path.
+    pub fn ws<H: Handler>(self, pattern: &str, handler: H) -> Result<Self, RouteError> {
+        self.route(pattern, WsRoute::new(handler))
+    }
+
+    /// Adds a WebSocket route. Patterns are paths whose segments may be parameters:
+    /// `/chat/:room` (or `/chat/{room}`).
+    pub fn route(mut self, pattern: &str, route: WsRoute) -> Result<Self, RouteError> {
+        let converted = pattern
+            .split('/')
+            .map(|segment| match segment.strip_prefix(':') {
+                Some(name) => format!("{{{name}}}"),
+                None => segment.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        self.router
+            .insert(converted, self.routes.len())
+            .map_err(|e| RouteError {
+                pattern: pattern.to_owned(),
+                reason: e.to_string(),
+            })?;
+        self.routes.push(route);
+        Ok(self)
+    }
+
+    /// Answers plain HTTP requests (every path that is not a WebSocket route, and non-upgrade
+    /// requests on them) with `handler`. `/metrics` and `/healthz` are the server's.
+    pub fn http(mut self, handler: impl HttpHandler) -> Self {
+        self.http = Arc::new(handler);
+        self
+    }
+
+    /// Opens the durable directory (if configured) and binds the listener, with a backlog
+    /// of 4096.
+    pub async fn bind(self, addr: SocketAddr) -> io::Result<Server> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        self.serve_on(socket.listen(4096)?)
+    }
+
+    /// Uses a listener the caller bound.
+    pub fn serve_on(self, listener: TcpListener) -> io::Result<Server> {
+        let (store, resume_key): (Arc<dyn AttachmentStore>, ResumeKey) =
+            match &self.config.durable_dir {
+                Some(dir) => {
+                    let store = DirStore::open(dir).map_err(io::Error::other)?;
+                    let recovery = store.recovery();
+                    tracing::info!(dir = %dir.display(), ?recovery, "durable attachments opened");
+                    let key = ResumeKey::load_or_create(dir).map_err(io::Error::other)?;
+                    (Arc::new(store), key)
+                }
+                None => (Arc::new(MemoryStore::new()), ResumeKey::random()),
+            };
+        let (trigger, shutdown) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config: self.config,
+            rooms: Rooms::default(),
+            metrics: Metrics::default(),
+            shutdown,
+            peers: Mutex::new(HashMap::new()),
+            store,
+            resume_key,
+            used_tokens: UsedTokens::new(),
+            open: AtomicUsize::new(0),
+            tasks: AtomicUsize::new(0),
+            tasks_done: Notify::new(),
+        });
+        let app = Arc::new(AppRoutes {
+            router: self.router,
+            routes: self.routes,
+            http: self.http,
+        });
+        Ok(Server {
+            listener,
+            shared,
+            app,
+            trigger: Arc::new(trigger),
+        })
+    }
+}
+
+struct AppRoutes {
+    router: matchit::Router<usize>,
+    routes: Vec<WsRoute>,
+    http: Arc<dyn DynHttpHandler>,
+}
+
+/// State every connection of a server shares.
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) rooms: Rooms,
+    pub(crate) metrics: Metrics,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    peers: Mutex<HashMap<ConnectionId, Weak<Peer>>>,
+    store: Arc<dyn AttachmentStore>,
+    resume_key: ResumeKey,
+    used_tokens: UsedTokens,
+    /// WebSocket connections open now, for `max_connections`.
+    open: AtomicUsize,
+    /// Connection tasks running (handshakes included), for the graceful shutdown.
+    tasks: AtomicUsize,
+    tasks_done: Notify,
+}
+
+impl Shared {
+    pub(crate) fn forget(&self, id: ConnectionId) {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    fn peer(&self, id: ConnectionId) -> Option<Arc<Peer>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .and_then(Weak::upgrade)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn AttachmentStore) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, AttachmentError> {
+        let store = self.store.clone();
+        let result = tokio::task::spawn_blocking(move || f(&*store))
+            .await
+            .map_err(|_| AttachmentError::Cancelled)?;
+        result.map_err(|error| {
+            self.metrics.durable_write_errors.fetch_add(1, Relaxed);
+            tracing::warn!(%error, "attachment store operation failed");
+            AttachmentError::Store(error)
+        })
+    }
+
+    pub(crate) async fn persist_attachment(
+        &self,
+        id: ConnectionId,
+        bytes: Bytes,
+    ) -> Result<(), AttachmentError> {
+        self.blocking(move |store| store.put(id, &bytes)).await
+    }
+
+    pub(crate) async fn discard_attachment(&self, id: ConnectionId) {
+        let _ = self.blocking(move |store| store.remove(id)).await;
+    }
+
+    pub(crate) async fn adopt(
+        &self,
+        from: ConnectionId,
+        to: ConnectionId,
+    ) -> Result<Option<Bytes>, AttachmentError> {
+        Ok(self
+            .blocking(move |store| store.adopt(from, to))
+            .await?
+            .map(Bytes::from))
+    }
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    app: Arc<AppRoutes>,
+    trigger: Arc<watch::Sender<bool>>,
+}
+
+/// Observes and stops a running [`Server`] from elsewhere.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    trigger: Arc<watch::Sender<bool>>,
+}
+
+impl ServerHandle {
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Starts the graceful shutdown: stop accepting, close every connection with 1001.
+    pub fn shutdown(&self) {
+        let _ = self.trigger.send(true);
+    }
+
+    /// How many rooms have members.
+    pub fn rooms(&self) -> usize {
+        self.shared.rooms.count()
+    }
+}
+
+impl Server {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle to watch and stop the server.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+            trigger: self.trigger.clone(),
+        }
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run(self) -> io::Result<()> {
+        let signal = async {
+            #[cfg(unix)]
+            {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            #[cfg(not(unix))]
+            tokio::signal::ctrl_c().await?;
+            Ok::<_, io::Error>(())
+        };
+        self.run_until(signal).await
+    }
+
+    /// Serves until `shutdown` completes (or [`ServerHandle::shutdown`] is called), then stops
+    /// accepting, closes every connection with 1001 (attachments stay on disk for resume),
+    /// and waits for the close handshakes, at most `shutdown_timeout`.
+    pub async fn run_until(self, shutdown: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+        let Server {
+            listener,
+            shared,
+            app,
+            trigger,
+        } = self;
+        let mut stop = shared.shutdown.clone();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                result = &mut shutdown => {
+                    result?;
+                    break;
+                }
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow_and_update() {
+                        break;
+                    }
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        shared.tasks.fetch_add(1, Relaxed);
+                        let (shared, app) = (shared.clone(), app.clone());
+                        tokio::spawn(async move {
+                            handle_tcp(&shared, &app, tcp, peer).await;
+                            shared.tasks.fetch_sub(1, Relaxed);
+                            shared.tasks_done.notify_waiters();
+                        });
+                    }
+                    Err(error) => {
+                        // Out of file descriptors, most often: keep serving, and accept again
+                        // once connections end and free some.
+                        shared.metrics.accept_errors.fetch_add(1, Relaxed);
+                        tracing::warn!(%error, "accept failed; retrying shortly");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        let _ = trigger.send(true);
+        tracing::info!(
+            open = shared.open.load(Relaxed),
+            "shutting down: closing every connection with 1001"
+        );
+        let deadline = Instant::now()
+            + shared.config.shutdown_timeout
+            + shared.config.protocol.limits().close_timeout;
+        while shared.tasks.load(Relaxed) > 0 {
+            let waiting = shared.tasks_done.notified();
+            if shared.tasks.load(Relaxed) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline.into(), waiting)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    left = shared.tasks.load(Relaxed),
+                    "shutdown timeout: dropping the rest"
+                );
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn handle_tcp(shared: &Arc<Shared>, app: &AppRoutes, mut tcp: TcpStream, addr: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let config = &shared.config.protocol;
+    let deadline = tokio::time::Instant::now() + config.limits().handshake_timeout;
+    let mut reader = RequestReader::new(config);
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (request, leftover) = loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+            Err(_) => {
+                tracing::debug!(%addr, "handshake timed out");
+                shared.metrics.record_rejection(408);
+                return;
+            }
+        };
+        raw.extend_from_slice(&buf[..n]);
+        match reader.feed(&buf[..n]) {
+            Ok(Some(head)) => break head,
+            Ok(None) => {}
+            Err(error) => {
+                shared.metrics.record_rejection(error.status());
+                let _ = write_and_close(&mut tcp, &handshake::reject_response(&error)).await;
+                return;
+            }
+        }
+    };
+    let route = app.router.at(request.uri().path()).ok().map(|matched| {
+        let route = &app.routes[*matched.value];
+        let room = match &route.room_param {
+            Some(name) => matched.params.get(name).unwrap_or_default().to_owned(),
+            None => request.uri().path().to_owned(),
+        };
+        (route, room)
+    });
+    match route {
+        Some((route, room)) if is_upgrade(&request) => {
+            accept_ws(shared, route, room, tcp, request, leftover).await;
+        }
+        _ => serve_http(shared, app, tcp, Bytes::from(raw)).await,
+    }
+}
+
+fn is_upgrade(request: &Request<()>) -> bool {
+    request
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|value| {
+            value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        })
+}
+
+/// Admission, origin, resume and the handshake itself; then the connection runs here.
+async fn accept_ws(
+    shared: &Arc<Shared>,
+    route: &WsRoute,
+    room: String,
+    mut tcp: TcpStream,
+    request: Request<()>,
+    leftover: Bytes,
+) {
+    let refuse = |status: StatusCode, why: &str| {
+        shared.metrics.record_rejection(status.as_u16());
+        simple_response(status, why)
+    };
+    if shared.open.fetch_add(1, Relaxed) >= shared.config.max_connections {
+        shared.open.fetch_sub(1, Relaxed);
+        let response = refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections, try again later",
+        );
+        let _ = write_and_close(&mut tcp, &response).await;
+        return;
+    }
+    let _open = OpenGuard(shared);
+    if !shared.config.allowed_origins.is_empty() {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
+        if !origin.is_some_and(|o| shared.config.allowed_origins.iter().any(|a| a == o)) {
+            let response = refuse(StatusCode::FORBIDDEN, "origin not allowed");
+            let _ = write_and_close(&mut tcp, &response).await;
+            return;
+        }
+    }
+    let resume_from = match resume_param(request.uri()) {
+        None => None,
+        Some(token) => match check_resume(shared, &token) {
+            Ok(id) => Some(id),
+            Err(why) => {
+                let response = refuse(StatusCode::UNAUTHORIZED, &why);
+                let _ = write_and_close(&mut tcp, &response).await;
+                return;
+            }
+        },
+    };
+    let protocols = &route.protocols;
+    let accepted = handshake::accept(
+        &shared.config.protocol,
+        &request,
+        |request, mut response| {
+            let offered = request.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL);
+            let offered: Vec<&str> = offered
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .collect();
+            if let Some(chosen) = protocols.iter().find(|p| offered.contains(&p.as_str()))
+                && let Ok(value) = http::HeaderValue::from_str(chosen)
+            {
+                response
+                    .headers_mut()
+                    .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+            }
+            Ok(response)
+        },
+    );
+    let accepted = match accepted {
+        Ok(accepted) => accepted,
+        Err(rejected) => {
+            shared.metrics.record_rejection(rejected.error.status());
+            let _ = write_and_close(&mut tcp, &rejected.to_bytes()).await;
+            return;
+        }
+    };
+    let id = ConnectionId::random();
+    let mut attachment = None;
+    if let Some(old) = resume_from {
+        match shared.adopt(old, id).await {
+            Ok(Some(bytes)) => attachment = Some(bytes),
+            Ok(None) => {
+                let response = refuse(
+                    StatusCode::GONE,
+                    "nothing to resume: the token was already used",
+                );
+                let _ = write_and_close(&mut tcp, &response).await;
+                return;
+            }
+            Err(error) => {
+                let response = refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("cannot resume now: {error}"),
+                );
+                let _ = write_and_close(&mut tcp, &response).await;
+                return;
+            }
+        }
+        // The old connection, if it still lingers, has lost its attachment to this one.
+        if let Some(old_peer) = shared.peer(old) {
+            *old_peer
+                .attachment
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+            old_peer.close(roost::CloseCode(4001), "resumed on another connection");
+        }
+        shared.metrics.resumes.fetch_add(1, Relaxed);
+    }
+    if tcp.write_all(&accepted.to_bytes()).await.is_err() {
+        return;
+    }
+    let expires = SystemTime::now() + shared.config.resume_ttl;
+    let token = shared.resume_key.issue(id, expires);
+    let core = Connection::server(shared.config.protocol.clone(), accepted.negotiated);
+    let peer = Arc::new(Peer::new(id, room.into(), shared.clone(), tcp, core, token));
+    *peer.attachment.lock().unwrap_or_else(|e| e.into_inner()) = attachment;
+    shared
+        .peers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, Arc::downgrade(&peer));
+    let url = request.uri().clone();
+    peer::run(peer, route.handler.clone(), url, leftover).await;
+}
+
+/// Decrements the open-connection count when the connection ends, however it ends.
+struct OpenGuard<'a>(&'a Shared);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+fn resume_param(uri: &http::Uri) -> Option<String> {
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("resume="))
+        .map(str::to_owned)
+}
+
+fn check_resume(shared: &Shared, token: &str) -> Result<ConnectionId, String> {
+    let now = SystemTime::now();
+    let claims = shared
+        .resume_key
+        .verify_claims(token, now)
+        .map_err(|error| format!("resume refused: {error}"))?;
+    if !shared
+        .used_tokens
+        .consume(claims.id, claims.expires_at, now)
+    {
+        return Err("resume refused: the token was already used".to_owned());
+    }
+    Ok(claims.id)
+}
+
+fn simple_response(status: StatusCode, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\n\r\n{body}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len() + 1,
+    )
+    .into_bytes()
+}
+
+async fn write_and_close(tcp: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    tcp.write_all(bytes).await?;
+    tcp.shutdown().await
+}
+
+/// Largest HTTP request body the fallback handler reads.
+const MAX_HTTP_BODY: usize = 1 << 20;
+
+/// Plain HTTP: hyper serves the request, from the bytes already read on.
+async fn serve_http(shared: &Arc<Shared>, app: &AppRoutes, tcp: TcpStream, read: Bytes) {
+    let http = app.http.clone();
+    let shared = shared.clone();
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let (http, shared) = (http.clone(), shared.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let response = match Limited::new(body, MAX_HTTP_BODY).collect().await {
+                Ok(body) => {
+                    let request = Request::from_parts(parts, body.to_bytes());
+                    match request.uri().path() {
+                        "/metrics" => text(
+                            StatusCode::OK,
+                            shared.metrics.render(),
+                            "text/plain; version=0.0.4",
+                        ),
+                        "/healthz" => text(StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+                        _ => http.call(request).await,
+                    }
+                }
+                Err(_) => text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large\n".to_owned(),
+                    "text/plain",
+                ),
+            };
+            let (parts, body) = response.into_parts();
+            Ok::<_, std::convert::Infallible>(Response::from_parts(parts, Full::new(body)))
+        }
+    });
+    let io = TokioIo::new(Rewind { read, tcp });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(io, service);
+    let _ = tokio::time::timeout(HTTP_TIMEOUT, connection).await;
+}
+
+/// How long one plain HTTP exchange may take before its connection is dropped.
+const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+/// A TCP stream that first replays bytes already read from it.
+struct Rewind {
+    read: Bytes,
+    tcp: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            let head = self.read.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}

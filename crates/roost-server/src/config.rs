@@ -1,0 +1,81 @@
+//! Server-wide settings, with defaults safe for a public server.
+
+use std::{path::PathBuf, time::Duration};
+
+use roost::{CloseCode, Config};
+
+/// What to do with a message for a connection whose outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackpressurePolicy {
+    /// Drop the message for that connection only; the send reports
+    /// [`crate::SendOutcome::Dropped`].
+    Drop,
+    /// Close that connection with this code (1008 policy violation or 1013 try again later);
+    /// what was queued for it is discarded.
+    Close(CloseCode),
+}
+
+/// Settings of an [`crate::App`]. Every field documents its default.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The protocol limits (message and frame size, handshake size and timeout, close
+    /// timeout). Default: [`Config::default`] with permessage-deflate using
+    /// `server_no_context_takeover`, so a broadcast is compressed once for every member and an
+    /// idle connection can drop its compressor.
+    pub protocol: Config,
+    /// Most WebSocket connections at once; past it the handshake is answered 503. Default
+    /// 20,000.
+    pub max_connections: usize,
+    /// Allowed `Origin` values (exact match, e.g. `https://example.com`); a request with
+    /// another Origin is answered 403. Empty (the default) allows every origin.
+    pub allowed_origins: Vec<String>,
+    /// Bytes that may wait in one connection's outbound queue. Default 1 MiB: a reader that
+    /// never reads costs at most this much.
+    pub max_outbound: usize,
+    /// What happens past `max_outbound`. Default: close with 1013 (try again later).
+    pub backpressure: BackpressurePolicy,
+    /// Largest serialized attachment. Default 64 KiB.
+    pub max_attachment_size: usize,
+    /// Idle time after which a connection turns dormant: no write buffer, no compression
+    /// state. Default 10 s.
+    pub dormant_after: Duration,
+    /// Idle time after which the server pings the peer. Default 30 s.
+    pub ping_interval: Duration,
+    /// Time without any frame from the peer after which the connection is dropped as dead.
+    /// Default 75 s (two missed pings and a margin).
+    pub idle_timeout: Duration,
+    /// How long a resume token stays valid. Default 24 hours.
+    pub resume_ttl: Duration,
+    /// Directory for durable attachments and the resume key (`--durable DIR`). Default none:
+    /// attachments live in memory and resume tokens only work while the process lives.
+    pub durable_dir: Option<PathBuf>,
+    /// How long a graceful shutdown waits for close handshakes. Default 5 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let deflate = roost::DeflateConfig {
+            server_no_context_takeover: true,
+            ..Default::default()
+        };
+        let protocol = match Config::builder().deflate(deflate).build() {
+            Ok(config) => config,
+            Err(_) => unreachable!("the default limits are valid"),
+        };
+        ServerConfig {
+            protocol,
+            max_connections: 20_000,
+            allowed_origins: Vec::new(),
+            max_outbound: 1 << 20,
+            backpressure: BackpressurePolicy::Close(CloseCode::TRY_AGAIN_LATER),
+            max_attachment_size: 64 << 10,
+            dormant_after: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            resume_ttl: Duration::from_secs(24 * 3600),
+            durable_dir: None,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The roost application server: an application supplies handlers, the server owns the
+//! connections.
+//!
+//! - [`App`]: WebSocket routes (`/chat/:room`) run by a [`Handler`], an [`HttpHandler`] for
+//!   everything else on the same port, `/metrics` (Prometheus) and `/healthz`.
+//! - [`Ws`]: a cheap, cloneable handle to one connection: send, close, attachment,
+//!   auto-response, resume token.
+//! - [`Room`]: the connections sharing a key; [`Room::broadcast`] encodes a message once and
+//!   shares the bytes with every member, reporting what was sent, queued and dropped.
+//! - Attachments: per-connection data ([`Ws::serialize_attachment`]), written atomically to
+//!   a durable directory when one is configured, adopted by a reconnecting client that
+//!   presents the connection's signed [`Ws::resume_token`] (`?resume=TOKEN`), once.
+//! - Auto-responses ([`Ws::set_auto_response`]): a request/response pair answered inside the
+//!   codec, without waking the handler.
+//! - Hibernation: every connection is a task waiting on its socket, reading into a per-thread
+//!   buffer; it is *live* while a handler runs, *parked* while idle (no receive buffer), and
+//!   *dormant* once idle past [`ServerConfig::dormant_after`] (no send buffer, no compression
+//!   state). The next frame wakes it; [`Metrics`] counts each state.
+//! - Backpressure: each connection's outbound queue is bounded; past it the
+//!   [`BackpressurePolicy`] drops the message or closes that connection, and a slow reader
+//!   never slows anyone else.
+//! - Graceful shutdown on SIGTERM and SIGINT: stop accepting, close every connection with
+//!   1001, keep the attachments for resume.
+//!
+//! What it does not do: TLS (terminate it in front, or use the `roost` crate directly) and
+//! HTTP keep-alive for the plain HTTP handler (each plain request gets its own connection).
+
+mod app;
+mod config;
+mod handler;
+mod metrics;
+mod peer;
+pub mod resume;
+mod room;
+pub mod store;
+mod ws;
+
+pub use app::{App, RouteError, Server, ServerHandle, WsRoute};
+pub use config::{BackpressurePolicy, ServerConfig};
+pub use handler::{Data, Disconnect, Handler, HttpHandler};
+pub use metrics::{ConnState, Metrics};
+pub use peer::SendOutcome;
+pub use room::{BroadcastReport, Room};
+pub use ws::{AttachmentError, Ws};

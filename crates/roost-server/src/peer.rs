@@ -1,0 +1,491 @@
+//! One connected client: its protocol core, its outbound queue, and the task that drives it.
+//!
+//! # Theory of operation
+//!
+//! Every connection is one tokio task waiting on its socket's readiness; there is no thread
+//! per connection. Bytes are read into a per-thread buffer, so a waiting connection holds no
+//! receive buffer. Three kinds of code write to a connection:
+//! - its own task (pongs, close replies, auto-responses, the handler's sends);
+//! - any task holding a [`crate::Ws`] (sends from other connections' handlers);
+//! - broadcasts, which encode a frame once and hand the same bytes to every member.
+//!
+//! All of them go through [`Peer::push`]: when nothing is queued the bytes are written to the
+//! socket at once (`try_write`, no task wake-up); what does not fit waits in a bounded queue
+//! that the connection's task drains when the socket is writable. The queue's bound and the
+//! [`crate::BackpressurePolicy`] keep one slow reader from holding memory or slowing anyone
+//! else. Lock order: `core` before `out`, never the reverse.
+
+use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    io,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU8, Ordering::Relaxed},
+    },
+    time::Instant,
+};
+
+use bytes::Bytes;
+use roost::{
+    CloseCode, CloseFrame, CloseInitiator, Message,
+    proto::{Connection, Event},
+};
+use tokio::{net::TcpStream, sync::Notify};
+
+use crate::{
+    BackpressurePolicy, ConnState, Data, Room, Ws,
+    app::Shared,
+    handler::{Disconnect, DynHandler},
+    store::ConnectionId,
+};
+
+/// Bytes read from a socket per read call, in a buffer shared by every connection of a thread.
+const READ_CHUNK: usize = 64 << 10;
+
+thread_local! {
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+/// What happened to one message handed to one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendOutcome {
+    /// Written to the socket.
+    Sent,
+    /// Queued behind earlier bytes; the connection's task writes it when the socket drains.
+    Queued,
+    /// Dropped: the connection's queue was full and the policy is to drop.
+    Dropped,
+    /// Not sent: the connection is closing or closed (also when the policy closed it now).
+    Closed,
+}
+
+pub(crate) struct Outbound {
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    /// Our close frame is queued: nothing more may be added.
+    closed: bool,
+}
+
+pub(crate) struct Peer {
+    pub(crate) id: ConnectionId,
+    pub(crate) room: Arc<str>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) socket: TcpStream,
+    pub(crate) core: Mutex<Connection>,
+    pub(crate) out: Mutex<Outbound>,
+    pub(crate) wake: Notify,
+    pub(crate) attachment: Mutex<Option<Bytes>>,
+    pub(crate) resume_token: String,
+    /// Window bits when a broadcast may share one compressed frame with this connection
+    /// (permessage-deflate with server_no_context_takeover), else `None`.
+    pub(crate) compress_class: Option<u8>,
+    state: AtomicU8,
+}
+
+impl Peer {
+    pub(crate) fn new(
+        id: ConnectionId,
+        room: Arc<str>,
+        shared: Arc<Shared>,
+        socket: TcpStream,
+        core: Connection,
+        resume_token: String,
+    ) -> Self {
+        let compress_class = core
+            .negotiated()
+            .deflate
+            .filter(|params| params.server_no_context_takeover)
+            .map(|params| params.server_max_window_bits);
+        shared.metrics.enter(ConnState::Parked);
+        Peer {
+            id,
+            room,
+            shared,
+            socket,
+            core: Mutex::new(core),
+            out: Mutex::new(Outbound {
+                queue: VecDeque::new(),
+                queued: 0,
+                closed: false,
+            }),
+            wake: Notify::new(),
+            attachment: Mutex::new(None),
+            resume_token,
+            compress_class,
+            state: AtomicU8::new(ConnState::Parked as u8),
+        }
+    }
+
+    pub(crate) fn state(&self) -> ConnState {
+        match self.state.load(Relaxed) {
+            0 => ConnState::Live,
+            1 => ConnState::Parked,
+            _ => ConnState::Dormant,
+        }
+    }
+
+    fn set_state(&self, state: ConnState) {
+        let before = self.state.swap(state as u8, Relaxed);
+        if before != state as u8 {
+            let before = match before {
+                0 => ConnState::Live,
+                1 => ConnState::Parked,
+                _ => ConnState::Dormant,
+            };
+            self.shared.metrics.leave(before);
+            self.shared.metrics.enter(state);
+        }
+    }
+
+    pub(crate) fn core(&self) -> MutexGuard<'_, Connection> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn out(&self) -> MutexGuard<'_, Outbound> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the protocol core and hands whatever it queued (frames, pongs, close) to
+    /// the socket, in order, before the core is unlocked: compressed frames with context
+    /// takeover must leave in the order they were compressed.
+    pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> (R, SendOutcome) {
+        let mut core = self.core();
+        let result = f(&mut core);
+        let outcome = if core.pending_output().is_empty() {
+            SendOutcome::Sent
+        } else {
+            let bytes = core.take_output();
+            let closing = !core.can_send();
+            self.push(bytes, closing)
+        };
+        (result, outcome)
+    }
+
+    /// Writes `bytes` now if nothing is queued, else queues them within the outbound bound.
+    /// `closing`: these bytes end with our close frame; they are accepted past the bound and
+    /// nothing may follow them.
+    pub(crate) fn push(&self, bytes: Bytes, closing: bool) -> SendOutcome {
+        let len = bytes.len() as u64;
+        let mut out = self.out();
+        if out.closed {
+            return SendOutcome::Closed;
+        }
+        out.closed = closing;
+        let mut rest = bytes;
+        if out.queue.is_empty() {
+            match self.socket.try_write(&rest) {
+                Ok(n) if n == rest.len() => {
+                    self.shared.metrics.bytes_out.fetch_add(len, Relaxed);
+                    return SendOutcome::Sent;
+                }
+                Ok(n) => rest = rest.slice(n..),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    // The peer is gone; its task notices on its next read.
+                    out.closed = true;
+                    drop(out);
+                    self.wake.notify_one();
+                    return SendOutcome::Closed;
+                }
+            }
+        }
+        if !closing && out.queued + rest.len() > self.shared.config.max_outbound {
+            drop(out);
+            return self.over_limit();
+        }
+        out.queued += rest.len();
+        out.queue.push_back(rest);
+        drop(out);
+        self.shared.metrics.bytes_out.fetch_add(len, Relaxed);
+        self.wake.notify_one();
+        SendOutcome::Queued
+    }
+
+    fn over_limit(&self) -> SendOutcome {
+        match self.shared.config.backpressure {
+            BackpressurePolicy::Drop => {
+                self.shared.metrics.dropped.fetch_add(1, Relaxed);
+                SendOutcome::Dropped
+            }
+            BackpressurePolicy::Close(code) => {
+                self.shared
+                    .metrics
+                    .backpressure_closes
+                    .fetch_add(1, Relaxed);
+                self.shared.metrics.dropped.fetch_add(1, Relaxed);
+                // What a reader that does not read has queued is worth nothing now: replace it
+                // with the close frame.
+                {
+                    let mut out = self.out();
+                    out.queue.clear();
+                    out.queued = 0;
+                }
+                let frame = CloseFrame::new(code, "outbound queue full");
+                let _ = self.with_core(|core| core.close(Some(frame), Instant::now()));
+                SendOutcome::Closed
+            }
+        }
+    }
+
+    /// Starts the close handshake (a no-op if ours was already sent).
+    pub(crate) fn close(&self, code: CloseCode, reason: &str) {
+        let frame = CloseFrame::new(code, reason);
+        let _ = self.with_core(|core| core.close(Some(frame), Instant::now()));
+    }
+
+    fn has_queued(&self) -> bool {
+        !self.out().queue.is_empty()
+    }
+
+    /// Writes queued bytes until the queue is empty or the socket would block.
+    fn flush_ready(&self) -> io::Result<()> {
+        loop {
+            let Some(front) = self.out().queue.front().cloned() else {
+                return Ok(());
+            };
+            match self.socket.try_write(&front) {
+                Ok(n) => {
+                    let mut out = self.out();
+                    out.queued -= n;
+                    if n == front.len() {
+                        out.queue.pop_front();
+                    } else if let Some(first) = out.queue.front_mut() {
+                        *first = first.slice(n..);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads what the socket has into the protocol core. Returns false when the socket had
+    /// nothing after all (a spurious readiness).
+    fn read_ready(&self) -> bool {
+        READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            match self.socket.try_read(&mut buf) {
+                Ok(0) => {
+                    self.core().receive_eof();
+                    true
+                }
+                Ok(n) => {
+                    let now = Instant::now();
+                    let ((), _) = self.with_core(|core| core.receive(&buf[..n], now));
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                Err(_) => {
+                    self.core().receive_eof();
+                    true
+                }
+            }
+        })
+    }
+
+    fn go_dormant(&self) {
+        let mut core = self.core();
+        core.release_buffers();
+        core.release_compression_state();
+        let mut out = self.out();
+        if out.queue.is_empty() {
+            out.queue = VecDeque::new();
+        }
+        drop((out, core));
+        self.set_state(ConnState::Dormant);
+    }
+}
+
+/// Runs one connection from the 101 response to the end, then cleans up after it.
+pub(crate) async fn run(
+    peer: Arc<Peer>,
+    handler: Arc<dyn DynHandler>,
+    url: http::Uri,
+    leftover: Bytes,
+) {
+    let ws = Ws::from_peer(peer.clone());
+    let room = Room::new(peer.room.clone(), peer.shared.clone());
+    let shared = peer.shared.clone();
+    shared.rooms.join(&peer);
+    shared.metrics.connections_total.fetch_add(1, Relaxed);
+    if !leftover.is_empty() {
+        let now = Instant::now();
+        let _ = peer.with_core(|core| core.receive(&leftover, now));
+    }
+    let opened = call_handler(&peer, handler.on_open(&ws, &url)).await;
+    if opened {
+        drive(&peer, &*handler, &ws, &room).await;
+    }
+    finish(&peer, &*handler, &ws).await;
+}
+
+/// Runs a handler call with the connection marked live; an error or a panic closes the
+/// connection. Returns whether the connection may go on.
+async fn call_handler(
+    peer: &Peer,
+    call: impl std::future::Future<Output = Result<(), Disconnect>>,
+) -> bool {
+    use futures_util::FutureExt as _;
+    peer.set_state(ConnState::Live);
+    let result = std::panic::AssertUnwindSafe(call).catch_unwind().await;
+    peer.set_state(ConnState::Parked);
+    match result {
+        Ok(Ok(())) => true,
+        Ok(Err(disconnect)) => {
+            peer.shared.metrics.handler_errors.fetch_add(1, Relaxed);
+            peer.close(disconnect.code(), disconnect.reason());
+            false
+        }
+        Err(_) => {
+            peer.shared.metrics.handler_panics.fetch_add(1, Relaxed);
+            tracing::error!(id = %peer.id, "handler panicked; closing the connection with 1011");
+            peer.close(CloseCode::INTERNAL_ERROR, "internal error");
+            false
+        }
+    }
+}
+
+async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
+    let config = &peer.shared.config;
+    let mut shutdown = peer.shared.shutdown.clone();
+    let mut last_input = Instant::now();
+    let mut pinged = false;
+    let mut hits_seen = 0;
+    if *shutdown.borrow() {
+        peer.close(CloseCode::GOING_AWAY, "server shutting down");
+    }
+    loop {
+        // Everything the core has parsed, in order.
+        loop {
+            let (event, _) = peer.with_core(|core| core.next_event());
+            let Some(event) = event else { break };
+            let data = match event {
+                Event::Message(Message::Text(text)) => Data::Text(text),
+                Event::Message(Message::Binary(bytes)) => Data::Binary(bytes),
+                Event::Failed(error) => {
+                    tracing::debug!(id = %peer.id, %error, "protocol error");
+                    continue;
+                }
+                _ => continue,
+            };
+            let metrics = &peer.shared.metrics;
+            metrics.messages_in.fetch_add(1, Relaxed);
+            metrics
+                .bytes_in
+                .fetch_add(data.as_bytes().len() as u64, Relaxed);
+            if !call_handler(peer, handler.on_message(ws, data, room)).await {
+                break;
+            }
+        }
+        let hits = peer.core().auto_response_hits();
+        peer.shared
+            .metrics
+            .auto_response_hits
+            .fetch_add(hits - hits_seen, Relaxed);
+        hits_seen = hits;
+        if peer.core().is_finished() {
+            return;
+        }
+        if peer.flush_ready().is_err() {
+            peer.core().receive_eof();
+            return;
+        }
+        let now = Instant::now();
+        let mut deadline = last_input + config.idle_timeout;
+        if !pinged {
+            deadline = deadline.min(last_input + config.ping_interval);
+        }
+        if peer.state() != ConnState::Dormant {
+            deadline = deadline.min(last_input + config.dormant_after);
+        }
+        if let Some(close_deadline) = peer.core().next_deadline() {
+            deadline = deadline.min(close_deadline);
+        }
+        let queued = peer.has_queued();
+        tokio::select! {
+            biased;
+            _ = shutdown.changed(), if !*shutdown.borrow() => {
+                peer.close(CloseCode::GOING_AWAY, "server shutting down");
+            }
+            _ = peer.wake.notified() => {}
+            ready = peer.socket.writable(), if queued => {
+                if ready.is_err() {
+                    peer.core().receive_eof();
+                }
+            }
+            ready = peer.socket.readable() => {
+                if ready.is_err() || peer.read_ready() {
+                    last_input = Instant::now();
+                    pinged = false;
+                    if peer.state() == ConnState::Dormant {
+                        peer.set_state(ConnState::Parked);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.max(now).into()) => {
+                let now = Instant::now();
+                peer.core().on_deadline(now);
+                let idle = now.saturating_duration_since(last_input);
+                if idle >= config.idle_timeout {
+                    tracing::debug!(id = %peer.id, "no frame for the idle timeout; dropping the connection");
+                    peer.core().receive_eof();
+                } else if !pinged && idle >= config.ping_interval {
+                    pinged = true;
+                    let _ = peer.with_core(|core| core.send_ping(b""));
+                }
+                if idle >= config.dormant_after && peer.state() == ConnState::Parked && !peer.has_queued() {
+                    peer.go_dormant();
+                }
+            }
+        }
+    }
+}
+
+async fn finish(peer: &Arc<Peer>, handler: &dyn DynHandler, ws: &Ws) {
+    // What is still queued (our close frame among it) gets a bounded chance to leave.
+    let limit = peer.shared.config.protocol.limits().close_timeout;
+    let _ = tokio::time::timeout(limit, async {
+        while peer.has_queued() {
+            if peer.socket.writable().await.is_err() || peer.flush_ready().is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let shared = &peer.shared;
+    shared.rooms.leave(peer);
+    shared.forget(peer.id);
+    let status = peer.core().close_status();
+    let (code, reason, initiator, clean) = match &status {
+        Some(status) => (
+            status.code,
+            status.reason.to_string(),
+            status.initiator,
+            status.clean,
+        ),
+        None => (
+            CloseCode::ABNORMAL,
+            String::new(),
+            CloseInitiator::Lost,
+            false,
+        ),
+    };
+    shared.metrics.record_close(code.0);
+    let _ = call_on_close(handler, ws, code, &reason).await;
+    // A peer that said goodbye will not resume: its attachment goes. A shutdown, a crash or
+    // a lost connection keeps it for resume.
+    if initiator == CloseInitiator::Peer && clean {
+        shared.discard_attachment(peer.id).await;
+    }
+    shared.metrics.leave(peer.state());
+}
+
+async fn call_on_close(handler: &dyn DynHandler, ws: &Ws, code: CloseCode, reason: &str) -> bool {
+    use futures_util::FutureExt as _;
+    std::panic::AssertUnwindSafe(handler.on_close(ws, code, reason))
+        .catch_unwind()
+        .await
+        .is_ok()
+}

@@ -1,0 +1,216 @@
+//! Rooms: which connections belong together, and broadcast to them.
+//!
+//! # Theory of operation
+//!
+//! A room is a key (by default the request path without its query) and the connections that
+//! opened with it. A connection joins when it opens and leaves when it ends; a room with no
+//! members does not exist.
+//!
+//! A broadcast encodes the message into frame bytes once, shares them (reference-counted)
+//! with every member, and writes them to each socket without waking that member's task when
+//! its queue is empty. Under permessage-deflate with `server_no_context_takeover` (the
+//! server's default), a compressed frame is self-contained, so it too is made once per
+//! window size and shared; members with context takeover get the uncompressed frame, which
+//! the protocol always allows. The result counts what was written at once, queued behind a
+//! slow reader, dropped by the backpressure policy, or not sent because the member is
+//! closing: one slow member never slows the broadcaster or the others.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock, atomic::Ordering::Relaxed},
+};
+
+use bytes::{Bytes, BytesMut};
+use roost::{
+    OpCode,
+    proto::{DeflateParams, deflate::DeflateCodec, frame::encode_frame},
+};
+
+use crate::{Data, SendOutcome, Ws, app::Shared, peer::Peer};
+
+/// The registry of rooms and their members.
+#[derive(Default)]
+pub(crate) struct Rooms {
+    rooms: RwLock<HashMap<Arc<str>, Vec<Arc<Peer>>>>,
+}
+
+impl Rooms {
+    pub(crate) fn join(&self, peer: &Arc<Peer>) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        rooms
+            .entry(peer.room.clone())
+            .or_default()
+            .push(peer.clone());
+    }
+
+    pub(crate) fn leave(&self, peer: &Arc<Peer>) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(members) = rooms.get_mut(&peer.room) {
+            members.retain(|member| !Arc::ptr_eq(member, peer));
+            if members.is_empty() {
+                rooms.remove(&peer.room);
+            }
+        }
+    }
+
+    fn members(&self, key: &str) -> Vec<Arc<Peer>> {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        rooms.get(key).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.rooms.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// What a broadcast did, member by member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BroadcastReport {
+    /// Written to the member's socket at once.
+    pub sent: usize,
+    /// Queued behind earlier bytes of a slow member.
+    pub queued: usize,
+    /// Dropped by the backpressure policy (or the member was closed by it).
+    pub dropped: usize,
+    /// Not sent: the member was closing.
+    pub closed: usize,
+}
+
+/// A room: a key and the connections that share it.
+#[derive(Clone)]
+pub struct Room {
+    key: Arc<str>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Room {
+    pub(crate) fn new(key: Arc<str>, shared: Arc<Shared>) -> Self {
+        Room { key, shared }
+    }
+
+    /// The room's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The room's connections, the caller's included.
+    pub fn websockets(&self) -> Vec<Ws> {
+        self.shared
+            .rooms
+            .members(&self.key)
+            .into_iter()
+            .map(Ws::from_peer)
+            .collect()
+    }
+
+    /// How many connections the room has.
+    pub fn len(&self) -> usize {
+        self.shared.rooms.members(&self.key).len()
+    }
+
+    /// Whether the room has no connections.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sends `data` to every member, encoding (and compressing) it once.
+    pub fn broadcast(&self, data: impl Into<Data>) -> BroadcastReport {
+        self.broadcast_filtered(data.into(), None)
+    }
+
+    /// Sends `data` to every member except `except`.
+    pub fn broadcast_except(&self, except: &Ws, data: impl Into<Data>) -> BroadcastReport {
+        self.broadcast_filtered(data.into(), Some(except))
+    }
+
+    fn broadcast_filtered(&self, data: Data, except: Option<&Ws>) -> BroadcastReport {
+        let members = self.shared.rooms.members(&self.key);
+        let (opcode, payload) = match &data {
+            Data::Text(text) => (OpCode::Text, text.as_bytes().clone()),
+            Data::Binary(bytes) => (OpCode::Binary, bytes.clone()),
+        };
+        let mut plain = BytesMut::new();
+        encode_frame(&mut plain, opcode, true, false, None, &payload);
+        let plain = plain.freeze();
+        let mut compressed = Compressed::new(&self.shared, opcode, &payload);
+        let mut report = BroadcastReport::default();
+        for member in &members {
+            if except.is_some_and(|ws| Arc::ptr_eq(ws.peer(), member)) {
+                continue;
+            }
+            let frame = member
+                .compress_class
+                .and_then(|bits| compressed.frame(bits))
+                .unwrap_or_else(|| plain.clone());
+            match member.push(frame, false) {
+                SendOutcome::Sent => report.sent += 1,
+                SendOutcome::Queued => report.queued += 1,
+                SendOutcome::Dropped => report.dropped += 1,
+                SendOutcome::Closed => report.closed += 1,
+            }
+        }
+        let metrics = &self.shared.metrics;
+        metrics.broadcasts.fetch_add(1, Relaxed);
+        metrics
+            .deliveries_sent
+            .fetch_add(report.sent as u64, Relaxed);
+        metrics
+            .deliveries_queued
+            .fetch_add(report.queued as u64, Relaxed);
+        metrics
+            .messages_out
+            .fetch_add((report.sent + report.queued) as u64, Relaxed);
+        report
+    }
+}
+
+/// Compressed frames of one broadcast, made on first need, one per window size.
+struct Compressed<'a> {
+    shared: &'a Shared,
+    opcode: OpCode,
+    payload: &'a Bytes,
+    frames: Vec<(u8, Option<Bytes>)>,
+}
+
+impl<'a> Compressed<'a> {
+    fn new(shared: &'a Shared, opcode: OpCode, payload: &'a Bytes) -> Self {
+        Compressed {
+            shared,
+            opcode,
+            payload,
+            frames: Vec::new(),
+        }
+    }
+
+    /// The shared compressed frame for members compressing with `bits`, or `None` when the
+    /// message is too small to be worth compressing.
+    fn frame(&mut self, bits: u8) -> Option<Bytes> {
+        if let Some((_, frame)) = self.frames.iter().find(|(b, _)| *b == bits) {
+            return frame.clone();
+        }
+        let config = self.shared.config.protocol.deflate();
+        let params = DeflateParams {
+            server_no_context_takeover: true,
+            server_max_window_bits: bits,
+            ..DeflateParams::default()
+        };
+        let mut codec = DeflateCodec::new(true, params, config);
+        let frame = codec.should_compress(self.payload.len()).then(|| {
+            let mut body = Vec::new();
+            codec.compress(self.payload, &mut body);
+            let mut frame = BytesMut::new();
+            encode_frame(&mut frame, self.opcode, true, true, None, &body);
+            frame.freeze()
+        });
+        self.frames.push((bits, frame.clone()));
+        frame
+    }
+}

@@ -1,0 +1,129 @@
+//! Handler calls: auto-responses, close codes, errors and panics.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering::SeqCst},
+};
+
+use roost::{CloseCode, CloseFrame, Message};
+use roost_server::{App, Data, Disconnect, Handler, Room, ServerConfig, Ws};
+
+use super::{connect, eventually, next_text, start, until_closed, within};
+
+#[derive(Default)]
+struct Recorder {
+    messages: AtomicUsize,
+    closes: Mutex<Vec<(u16, String)>>,
+}
+
+struct Recording(Arc<Recorder>);
+
+impl Handler for Recording {
+    async fn on_open(&self, ws: &Ws, _url: &http::Uri) -> Result<(), Disconnect> {
+        ws.set_auto_response("heartbeat", "alive");
+        Ok(())
+    }
+
+    async fn on_message(&self, ws: &Ws, data: Data, _room: &Room) -> Result<(), Disconnect> {
+        self.0.messages.fetch_add(1, SeqCst);
+        match data.as_text() {
+            Some("panic") => panic!("the handler was asked to panic"),
+            Some("fail") => Err(Disconnect::new(4400, "asked to fail")),
+            _ => {
+                ws.send(data);
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_close(&self, _ws: &Ws, code: CloseCode, reason: &str) {
+        self.0
+            .closes
+            .lock()
+            .unwrap()
+            .push((code.0, reason.to_owned()));
+    }
+}
+
+async fn recording_server() -> (
+    std::net::SocketAddr,
+    roost_server::ServerHandle,
+    Arc<Recorder>,
+) {
+    let recorder = Arc::new(Recorder::default());
+    let app = App::new().ws("/r", Recording(recorder.clone())).unwrap();
+    let (addr, handle) = start(app, ServerConfig::default()).await;
+    (addr, handle, recorder)
+}
+
+#[tokio::test]
+async fn the_auto_response_never_reaches_the_handler() {
+    let (addr, handle, recorder) = recording_server().await;
+    let mut ws = connect(addr, "/r").await;
+    for _ in 0..5 {
+        within(ws.send(Message::text("heartbeat"))).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, "alive");
+    }
+    within(ws.send(Message::text("real"))).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "real");
+    assert_eq!(
+        recorder.messages.load(SeqCst),
+        1,
+        "only the real message woke the handler"
+    );
+    eventually("the metrics count the hits", || {
+        handle.metrics().auto_response_hits() == 5
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_peers_close_code_and_reason_reach_on_close() {
+    let (addr, _handle, recorder) = recording_server().await;
+    let mut ws = connect(addr, "/r").await;
+    within(ws.close(Some(CloseFrame::new(4321, "see you"))))
+        .await
+        .unwrap();
+    assert_eq!(until_closed(&mut ws).await, Some(CloseFrame::new(4321, "")));
+    let mut ws = connect(addr, "/r").await;
+    within(ws.close(None)).await.unwrap();
+    until_closed(&mut ws).await;
+    // A connection lost without a close frame reports 1006.
+    let ws = connect(addr, "/r").await;
+    drop(ws);
+    eventually("three closes recorded", || {
+        recorder.closes.lock().unwrap().len() == 3
+    })
+    .await;
+    let closes = recorder.closes.lock().unwrap().clone();
+    assert_eq!(closes[0], (4321, "see you".to_owned()));
+    assert_eq!(closes[1], (1005, String::new()));
+    assert_eq!(closes[2], (1006, String::new()));
+}
+
+#[tokio::test]
+async fn a_panic_closes_only_that_connection_with_1011() {
+    let (addr, handle, _) = recording_server().await;
+    let mut bystander = connect(addr, "/r").await;
+    let mut victim = connect(addr, "/r").await;
+    within(victim.send(Message::text("panic"))).await.unwrap();
+    let close = until_closed(&mut victim).await.unwrap();
+    assert_eq!(close.code, CloseCode::INTERNAL_ERROR);
+    within(bystander.send(Message::text("still here")))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut bystander).await, "still here");
+    let mut failing = connect(addr, "/r").await;
+    within(failing.send(Message::text("fail"))).await.unwrap();
+    let close = until_closed(&mut failing).await.unwrap();
+    assert_eq!(
+        (close.code.0, close.reason.as_str()),
+        (4400, "asked to fail")
+    );
+    assert!(
+        handle
+            .metrics()
+            .render()
+            .contains("roost_handler_panics_total 1\n")
+    );
+}

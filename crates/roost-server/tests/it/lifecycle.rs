@@ -1,0 +1,96 @@
+//! Hibernation states and the graceful shutdown.
+
+use std::time::Duration;
+
+use roost::{CloseCode, Message};
+use roost_server::{App, ConnState, Data, Disconnect, Handler, Room, ServerConfig, Ws};
+
+use super::{connect, eventually, next_text, start, until_closed, within};
+
+struct Named;
+
+impl Handler for Named {
+    async fn on_open(&self, ws: &Ws, _url: &http::Uri) -> Result<(), Disconnect> {
+        if let Some(name) = ws.deserialize_attachment::<String>().unwrap() {
+            ws.send_text(format!("welcome back {name}"));
+        }
+        Ok(())
+    }
+
+    async fn on_message(&self, ws: &Ws, data: Data, _room: &Room) -> Result<(), Disconnect> {
+        let name = data.as_text().unwrap().to_owned();
+        ws.serialize_attachment(&name).await.unwrap();
+        ws.send_text(format!("resume {}", ws.resume_token()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_go_dormant_and_wake_on_the_next_frame() {
+    let config = ServerConfig {
+        dormant_after: Duration::from_millis(100),
+        ..ServerConfig::default()
+    };
+    let (addr, handle) = start(App::new().ws("/n", Named).unwrap(), config).await;
+    let mut ws = connect(addr, "/n").await;
+    let _other = connect(addr, "/n").await;
+    let metrics = handle.metrics();
+    eventually("both dormant", || {
+        metrics.connections(ConnState::Dormant) == 2
+    })
+    .await;
+    assert_eq!(metrics.connections(ConnState::Parked), 0);
+    within(ws.send(Message::text("sleeper"))).await.unwrap();
+    assert!(next_text(&mut ws).await.starts_with("resume "));
+    eventually("one woke up", || {
+        metrics.connections(ConnState::Dormant) == 1
+    })
+    .await;
+    eventually("and dozed off again", || {
+        metrics.connections(ConnState::Dormant) == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_with_1001_keeps_attachments_and_resume_works_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        durable_dir: Some(dir.path().to_owned()),
+        ..ServerConfig::default()
+    };
+    let server = App::new().ws("/n", Named).unwrap().config(config.clone());
+    let server = server.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (addr, handle) = (server.local_addr().unwrap(), server.handle());
+    let running = tokio::spawn(server.run_until(std::future::pending()));
+    let mut ws = connect(addr, "/n").await;
+    within(ws.send(Message::text("ada"))).await.unwrap();
+    let token = next_text(&mut ws)
+        .await
+        .strip_prefix("resume ")
+        .unwrap()
+        .to_owned();
+    handle.shutdown();
+    let close = until_closed(&mut ws).await.unwrap();
+    assert_eq!(close.code, CloseCode::GOING_AWAY);
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("ws"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".att"))
+        .collect();
+    assert_eq!(files.len(), 1, "the attachment stays on disk: {files:?}");
+    // The server has stopped (as a process would exit), releasing the directory.
+    within(running).await.unwrap().unwrap();
+    drop(handle);
+    // A new server on the same directory resumes the connection.
+    let (addr, _) = start(App::new().ws("/n", Named).unwrap(), config).await;
+    let mut ws = connect(addr, &format!("/n?resume={token}")).await;
+    assert_eq!(next_text(&mut ws).await, "welcome back ada");
+    let error = within(roost::connect(&format!("ws://{addr}/n?resume={token}")))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("401"),
+        "a token works once: {error}"
+    );
+}

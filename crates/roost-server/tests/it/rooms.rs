@@ -1,0 +1,197 @@
+//! Rooms and broadcast: keys, membership, encode-once delivery, slow readers.
+
+use std::time::Duration;
+
+use roost::{CloseCode, Message};
+use roost_server::{
+    App, BackpressurePolicy, Data, Disconnect, Handler, Room, ServerConfig, Ws, WsRoute,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{connect, eventually, next_text, start, until_closed, within};
+
+/// `who` answers the room's size; `flood N` broadcasts N messages of 64 KiB and answers the
+/// totals; anything else is broadcast as is.
+struct Broadcaster;
+
+impl Handler for Broadcaster {
+    async fn on_message(&self, ws: &Ws, data: Data, room: &Room) -> Result<(), Disconnect> {
+        let text = data.as_text().unwrap_or_default().to_owned();
+        if text == "who" {
+            ws.send_text(format!("{} in {}", room.websockets().len(), room.key()));
+        } else if let Some(count) = text.strip_prefix("flood ") {
+            let count: usize = count.parse().unwrap();
+            let payload = bytes::Bytes::from(vec![7u8; 64 << 10]);
+            let started = std::time::Instant::now();
+            let mut total = roost_server::BroadcastReport::default();
+            for _ in 0..count {
+                let report = room.broadcast_except(ws, payload.clone());
+                total.sent += report.sent;
+                total.queued += report.queued;
+                total.dropped += report.dropped;
+                total.closed += report.closed;
+            }
+            let took = started.elapsed().as_millis();
+            ws.send_text(format!(
+                "sent {} queued {} dropped {} closed {} ms {took}",
+                total.sent, total.queued, total.dropped, total.closed
+            ));
+        } else {
+            room.broadcast(data);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn rooms_keyed_by_a_path_parameter_only_hear_their_own() {
+    let app = App::new()
+        .route(
+            "/chat/:room",
+            WsRoute::new(Broadcaster).room_from_path("room"),
+        )
+        .unwrap();
+    let (addr, _) = start(app, ServerConfig::default()).await;
+    let mut a1 = connect(addr, "/chat/a").await;
+    let mut a2 = connect(addr, "/chat/a?x=1").await;
+    let mut b1 = connect(addr, "/chat/b").await;
+    within(a1.send(Message::text("who"))).await.unwrap();
+    assert_eq!(next_text(&mut a1).await, "2 in a");
+    within(a2.send(Message::text("hello a"))).await.unwrap();
+    assert_eq!(next_text(&mut a1).await, "hello a");
+    assert_eq!(
+        next_text(&mut a2).await,
+        "hello a",
+        "the sender is a member too"
+    );
+    within(b1.send(Message::text("who"))).await.unwrap();
+    assert_eq!(next_text(&mut b1).await, "1 in b", "b heard nothing from a");
+}
+
+#[tokio::test]
+async fn the_default_room_key_is_the_path_without_the_query() {
+    let (addr, _) = start(
+        App::new().ws("/lobby", Broadcaster).unwrap(),
+        ServerConfig::default(),
+    )
+    .await;
+    let mut one = connect(addr, "/lobby?me=1").await;
+    let _two = connect(addr, "/lobby?me=2").await;
+    within(one.send(Message::text("who"))).await.unwrap();
+    assert_eq!(next_text(&mut one).await, "2 in /lobby");
+}
+
+/// Connects a client that completes the handshake and then never reads.
+async fn sleeping_reader(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = within(tcp.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
+    tcp
+}
+
+async fn flood(policy: BackpressurePolicy) -> (String, roost_server::ServerHandle) {
+    let config = ServerConfig {
+        max_outbound: 256 << 10,
+        backpressure: policy,
+        ..ServerConfig::default()
+    };
+    let (addr, handle) = start(App::new().ws("/room", Broadcaster).unwrap(), config).await;
+    let _slow = sleeping_reader(addr, "/room").await;
+    let mut fast = connect(addr, "/room").await;
+    let mut sender = connect(addr, "/room").await;
+    eventually("three members", || handle.metrics().open_connections() == 3).await;
+    within(sender.send(Message::text("flood 400")))
+        .await
+        .unwrap();
+    // The fast reader gets every message.
+    let mut received = 0;
+    while received < 400 {
+        match within(fast.recv()).await {
+            Some(Ok(Message::Binary(data))) => {
+                assert_eq!(data.len(), 64 << 10);
+                received += 1;
+            }
+            other => panic!("fast reader got {other:?} after {received} messages"),
+        }
+    }
+    (next_text(&mut sender).await, handle)
+}
+
+fn field(report: &str, name: &str) -> usize {
+    let mut words = report.split(' ');
+    while let Some(word) = words.next() {
+        if word == name {
+            return words.next().unwrap().parse().unwrap();
+        }
+    }
+    panic!("{name} missing in {report}")
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_closed_and_slows_no_one() {
+    let (report, handle) = flood(BackpressurePolicy::Close(CloseCode::TRY_AGAIN_LATER)).await;
+    // 400 deliveries to the fast reader, and to the slow one until the policy closed it.
+    assert!(field(&report, "closed") > 0, "{report}");
+    assert_eq!(
+        field(&report, "sent")
+            + field(&report, "queued")
+            + field(&report, "dropped")
+            + field(&report, "closed"),
+        800,
+        "{report}"
+    );
+    assert!(
+        handle
+            .metrics()
+            .render()
+            .contains("roost_backpressure_closes_total 1\n"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn with_the_drop_policy_the_slow_reader_loses_messages_not_the_others() {
+    let (report, handle) = flood(BackpressurePolicy::Drop).await;
+    assert!(field(&report, "dropped") > 0, "{report}");
+    assert_eq!(field(&report, "closed"), 0, "{report}");
+    assert!(handle.metrics().dropped() > 0);
+}
+
+#[tokio::test]
+async fn broadcasts_reach_every_member_compressed_or_not() {
+    let (addr, _) = start(
+        App::new().ws("/room", Broadcaster).unwrap(),
+        ServerConfig::default(),
+    )
+    .await;
+    let mut compressed = connect(addr, "/room").await;
+    assert!(compressed.negotiated().deflate.is_some());
+    let plain_config = roost::Config::builder()
+        .deflate(roost::DeflateConfig::disabled())
+        .build()
+        .unwrap();
+    let (mut plain, _) = within(
+        roost::ClientBuilder::new(&format!("ws://{addr}/room"))
+            .unwrap()
+            .config(plain_config)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    assert!(plain.negotiated().deflate.is_none());
+    let text = "a message long enough to be worth compressing, repeated. ".repeat(20);
+    within(plain.send(Message::text(text.as_str())))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut compressed).await, text);
+    assert_eq!(next_text(&mut plain).await, text);
+    within(compressed.close(None)).await.unwrap();
+    until_closed(&mut compressed).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
