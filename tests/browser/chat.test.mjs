@@ -116,7 +116,14 @@ function message(page, text) {
   return page.locator('#messages li', { hasText: new RegExp(`^${escapeRe(text)}$`) });
 }
 async function seesMessage(page, text) {
-  await message(page, text).first().waitFor({ state: 'visible', timeout: WAIT });
+  try {
+    await message(page, text).first().waitFor({ state: 'visible', timeout: WAIT });
+  } catch (err) {
+    const shown = await page.locator('#messages li').allTextContents().catch(() => []);
+    const state = await page.locator('#state').textContent().catch(() => '?');
+    throw new Error(`no message "${text}" within ${WAIT} ms; #state is "${state}" and ` +
+      `#messages holds ${JSON.stringify(shown)}`, { cause: err });
+  }
 }
 async function waitState(page, state) {
   try {

@@ -23,6 +23,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Connect to a WebSocket server: lines from stdin are sent as text, messages are printed.
     Connect(cmd::connect::Args),
+    /// Inspect or clean a durable attachment directory.
+    Attachments(cmd::attachments::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,13 +38,14 @@ fn main() -> anyhow::Result<()> {
     } else {
         logs.init();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => cmd::serve::run(args).await,
-            Command::Connect(args) => cmd::connect::run(args).await,
-        }
-    })
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    match cli.command {
+        Command::Serve(args) => runtime()?.block_on(cmd::serve::run(args)),
+        Command::Connect(args) => runtime()?.block_on(cmd::connect::run(args)),
+        Command::Attachments(args) => cmd::attachments::run(args),
+    }
 }

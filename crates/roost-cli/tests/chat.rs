@@ -178,3 +178,38 @@ async fn sigterm_closes_with_1001_keeps_files_and_exits_0() {
     let (mut ws, _) = within(roost::connect(&url)).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "welcome back grace");
 }
+
+fn roost(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args(args)
+        .arg(dir)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn operators_list_show_and_collect_attachments() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_chat(dir.path()).await;
+    let (_ws, _) = join(server.addr, "ops", "operator-visible").await;
+    let listed = roost(&["attachments", "list"], dir.path());
+    assert!(listed.status.success());
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    let id = attachment_ids(dir.path()).into_iter().next().unwrap();
+    assert!(listed.contains(&id), "{listed}");
+    let shown = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args(["attachments", "show"])
+        .arg(dir.path())
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(shown.stdout).unwrap().trim(), "\"operator-visible\"");
+    let refused = roost(&["attachments", "gc", "--older-than", "0s"], dir.path());
+    assert!(!refused.status.success(), "gc is refused while the server uses the directory");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop the server"));
+    drop(server);
+    let collected = roost(&["attachments", "gc", "--older-than", "0s"], dir.path());
+    assert!(collected.status.success(), "{collected:?}");
+    assert!(attachment_ids(dir.path()).is_empty());
+}

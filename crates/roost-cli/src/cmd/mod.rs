@@ -1,4 +1,5 @@
 //! One module per subcommand.
 
+pub(crate) mod attachments;
 pub(crate) mod connect;
 pub(crate) mod serve;
