@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the repository, installing what it needs on a fresh machine:
 #   formatting and lints, unit and integration tests (cargo nextest), doc tests,
-#   interop tests against Python websockets (pytest), and the Autobahn TestSuite
+#   interop tests against Python websockets (pytest), the chat demo in headless Chromium
+#   (node --test, playwright-core), and the Autobahn TestSuite
 #   through kosoku in both roles, diffed against conformance/autobahn/expected-*.json.
 #
 # Usage: scripts/test.sh [--quick]   (--quick skips the Autobahn runs)
@@ -30,6 +31,14 @@ if [[ ! -x .venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   .venv/bin/pip install -q --disable-pip-version-check -r conformance/requirements.txt
   echo "$want" > "$stamp"
 fi
+if ! command -v chromium >/dev/null 2>&1; then
+  step "installing chromium (browser test of the chat demo)"
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+  step "installing the browser test's npm packages"
+  npm ci --prefix tests/browser --no-audit --no-fund --silent
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   step "installing cargo-nextest"
   cargo install --locked -q cargo-nextest
@@ -50,6 +59,8 @@ step "building release binaries for the peer tests"
 cargo build --release -q -p roost-cli -p roost --example autobahn_client
 step "interop with Python websockets (pytest)"
 .venv/bin/python -m pytest tests/interop -q -p no:cacheprovider
+step "browser: two people chat in the demo page, one reloads and resumes (headless Chromium)"
+ROOST_BIN=target/release/roost node --test tests/browser/
 
 if ! $quick; then
   kosoku=.venv/bin/kosoku

@@ -33,37 +33,49 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
+/// Starts the chat server on port 0 and reads the address it actually bound from its log:
+/// no port is picked in advance, so parallel tests can never meet on one port.
 async fn serve_chat(dir: &Path) -> Server {
-    let addr = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_roost"))
+    use std::io::BufRead as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roost"))
         .args([
             "serve",
             "--app",
             "chat",
             "--listen",
-            &addr.to_string(),
+            "127.0.0.1:0",
             "--durable",
         ])
         .arg(dir)
+        .env("ROOST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            started.elapsed() < LIMIT,
-            "the server did not start listening"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let stderr = child.stderr.take().unwrap();
+    let (found, addr) = std::sync::mpsc::channel();
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("listening on ws://").nth(1) {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = found.send(addr);
+            }
+        }
+    });
+    let addr = addr
+        .recv_timeout(LIMIT)
+        .expect("the server did not report its address");
+    let addr = addr
+        .parse()
+        .unwrap_or_else(|_| panic!("bad address in the log: {addr:?}"));
     Server { child, addr }
 }
 
@@ -122,6 +134,10 @@ async fn every_acknowledged_attachment_survives_kill_9_and_resumes_once() {
         let url = format!("ws://{}/chat/crash?resume={token}", server.addr);
         let (mut ws, _) = within(roost::connect(&url)).await.unwrap();
         assert_eq!(next_text(&mut ws).await, format!("welcome back {name}"));
+        assert!(
+            next_text(&mut ws).await.starts_with("resume "),
+            "a fresh token follows"
+        );
         within(ws.send(Message::text("still me"))).await.unwrap();
         assert_eq!(next_text(&mut ws).await, format!("{name}: still me"));
         // The token worked once: a second use is refused.
@@ -204,9 +220,15 @@ async fn operators_list_show_and_collect_attachments() {
         .arg(&id)
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8(shown.stdout).unwrap().trim(), "\"operator-visible\"");
+    assert_eq!(
+        String::from_utf8(shown.stdout).unwrap().trim(),
+        "\"operator-visible\""
+    );
     let refused = roost(&["attachments", "gc", "--older-than", "0s"], dir.path());
-    assert!(!refused.status.success(), "gc is refused while the server uses the directory");
+    assert!(
+        !refused.status.success(),
+        "gc is refused while the server uses the directory"
+    );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("stop the server"));
     drop(server);
     let collected = roost(&["attachments", "gc", "--older-than", "0s"], dir.path());

@@ -474,9 +474,10 @@ async fn finish(peer: &Arc<Peer>, handler: &dyn DynHandler, ws: &Ws) {
     };
     shared.metrics.record_close(code.0);
     let _ = call_on_close(handler, ws, code, &reason).await;
-    // A peer that said goodbye will not resume: its attachment goes. A shutdown, a crash or
-    // a lost connection keeps it for resume.
-    if initiator == CloseInitiator::Peer && clean {
+    // A peer that closed normally (1000: "the purpose is fulfilled") will not resume: its
+    // attachment goes. Anything else keeps it for resume: a browser reloading or navigating
+    // away closes cleanly with 1001, and a shutdown, a crash or a lost connection say nothing.
+    if initiator == CloseInitiator::Peer && clean && code == CloseCode::NORMAL {
         shared.discard_attachment(peer.id).await;
     }
     shared.metrics.leave(peer.state());

@@ -4,7 +4,9 @@
 //! then `resume <token>`; every later message is broadcast to the room as `<name>: <text>`,
 //! the sender included. `heartbeat` is answered `alive` by an auto-response and never
 //! reaches the handler. A client reconnecting with `?resume=<token>` gets `welcome back
-//! <name>` and keeps its name.
+//! <name>` and a fresh `resume <token>`, and keeps its name. Closing with 1000 ends the
+//! session (the name is forgotten); any other end (a reload's 1001, a lost connection, a
+//! server restart) keeps it for resume.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -25,6 +27,8 @@ impl Handler for Chat {
         // A resumed connection already carries the name it had.
         if let Ok(Some(name)) = ws.deserialize_attachment::<String>() {
             ws.send_text(format!("welcome back {name}"));
+            // The old token is spent; this one resumes the new connection.
+            ws.send_text(format!("resume {}", ws.resume_token()));
         }
         Ok(())
     }

@@ -94,3 +94,35 @@ async fn shutdown_closes_with_1001_keeps_attachments_and_resume_works_after_rest
         "a token works once: {error}"
     );
 }
+
+#[tokio::test]
+async fn a_normal_close_ends_the_session_but_going_away_keeps_it() {
+    let (addr, _) = start(App::new().ws("/n", Named).unwrap(), ServerConfig::default()).await;
+    for (code, resumable) in [(CloseCode::GOING_AWAY, true), (CloseCode::NORMAL, false)] {
+        let mut ws = connect(addr, "/n").await;
+        within(ws.send(Message::text("tab"))).await.unwrap();
+        let token = next_text(&mut ws)
+            .await
+            .strip_prefix("resume ")
+            .unwrap()
+            .to_owned();
+        within(ws.close(Some(roost::CloseFrame::new(code, ""))))
+            .await
+            .unwrap();
+        until_closed(&mut ws).await;
+        let resumed = within(roost::connect(&format!("ws://{addr}/n?resume={token}"))).await;
+        match resumed {
+            Ok((mut ws, _)) => {
+                assert!(resumable, "a session closed with {code} must not resume");
+                assert_eq!(next_text(&mut ws).await, "welcome back tab");
+            }
+            Err(error) => {
+                assert!(
+                    !resumable,
+                    "a session closed with {code} should resume: {error}"
+                );
+                assert!(error.to_string().contains("410"), "{error}");
+            }
+        }
+    }
+}
