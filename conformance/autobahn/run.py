@@ -228,7 +228,8 @@ def run_client_role(args: argparse.Namespace, label: str, deadline: float,
     status = client.exit_code()
     if status not in (None, 0):
         errors.append(f"the client exited with status {status}; log tail:\n{client.log_tail()}")
-    grace = min(REPORT_GRACE, remaining(deadline))
+    # A client that failed has probably not called /updateReports; don't wait long for it.
+    grace = min(REPORT_GRACE if status in (None, 0) else STOP_GRACE, remaining(deadline))
     if kosoku.wait(grace) is None:
         errors.append(f"kosoku did not finish within {grace:.0f} s of the client exiting "
                       "(the client must call /updateReports?agent=...)")

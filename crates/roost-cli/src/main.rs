@@ -25,6 +25,8 @@ enum Command {
     Connect(cmd::connect::Args),
     /// Inspect or clean a durable attachment directory.
     Attachments(cmd::attachments::Args),
+    /// Load-test a WebSocket server.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime()?.block_on(cmd::serve::run(args)),
         Command::Connect(args) => runtime()?.block_on(cmd::connect::run(args)),
         Command::Attachments(args) => cmd::attachments::run(args),
+        Command::Bench(args) => runtime()?.block_on(cmd::bench::run(args)),
     }
 }

@@ -384,12 +384,10 @@ impl Server {
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        shared.tasks.fetch_add(1, Relaxed);
-                        let (shared, app) = (shared.clone(), app.clone());
+                        let task = TaskGuard::new(&shared);
+                        let app = app.clone();
                         tokio::spawn(async move {
-                            handle_tcp(&shared, &app, tcp, peer).await;
-                            shared.tasks.fetch_sub(1, Relaxed);
-                            shared.tasks_done.notify_waiters();
+                            handle_tcp(task, &app, tcp, peer).await;
                         });
                     }
                     Err(error) => {
@@ -431,13 +429,14 @@ impl Server {
     }
 }
 
-async fn handle_tcp(shared: &Arc<Shared>, app: &AppRoutes, mut tcp: TcpStream, addr: SocketAddr) {
+async fn handle_tcp(task: TaskGuard, app: &AppRoutes, mut tcp: TcpStream, addr: SocketAddr) {
+    let shared = &task.0.clone();
     let _ = tcp.set_nodelay(true);
     let config = &shared.config.protocol;
     let deadline = tokio::time::Instant::now() + config.limits().handshake_timeout;
     let mut reader = RequestReader::new(config);
     let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; 4096];
     let (request, leftover) = loop {
         let n = match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return,
@@ -469,7 +468,8 @@ async fn handle_tcp(shared: &Arc<Shared>, app: &AppRoutes, mut tcp: TcpStream, a
     });
     match route {
         Some((route, room)) if is_upgrade(&request) => {
-            accept_ws(shared, route, room, tcp, request, leftover).await;
+            drop((raw, buf, reader));
+            accept_ws(task, route, room, tcp, request, leftover).await;
         }
         _ => serve_http(shared, app, tcp, Bytes::from(raw)).await,
     }
@@ -488,15 +488,17 @@ fn is_upgrade(request: &Request<()>) -> bool {
         })
 }
 
-/// Admission, origin, resume and the handshake itself; then the connection runs here.
+/// Admission, origin, resume and the handshake itself; then the connection runs in a task of
+/// its own, sized for the connection alone: nothing of the handshake stays in its memory.
 async fn accept_ws(
-    shared: &Arc<Shared>,
+    task: TaskGuard,
     route: &WsRoute,
     room: String,
     mut tcp: TcpStream,
     request: Request<()>,
     leftover: Bytes,
 ) {
+    let shared = &task.0.clone();
     let refuse = |status: StatusCode, why: &str| {
         shared.metrics.record_rejection(status.as_u16());
         simple_response(status, why)
@@ -510,7 +512,7 @@ async fn accept_ws(
         let _ = write_and_close(&mut tcp, &response).await;
         return;
     }
-    let _open = OpenGuard(shared);
+    let open = OpenGuard(shared.clone());
     if !shared.config.allowed_origins.is_empty() {
         let origin = request
             .headers()
@@ -608,16 +610,37 @@ async fn accept_ws(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(id, Arc::downgrade(&peer));
-    let url = request.uri().clone();
-    peer::run(peer, route.handler.clone(), url, leftover).await;
+    let (handler, url) = (route.handler.clone(), request.uri().clone());
+    drop(request);
+    tokio::spawn(async move {
+        peer::run(peer, handler, url, leftover).await;
+        drop((open, task));
+    });
 }
 
 /// Decrements the open-connection count when the connection ends, however it ends.
-struct OpenGuard<'a>(&'a Shared);
+struct OpenGuard(Arc<Shared>);
 
-impl Drop for OpenGuard<'_> {
+impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Counts a running connection task (handshake or connection) for the graceful shutdown.
+struct TaskGuard(Arc<Shared>);
+
+impl TaskGuard {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.tasks.fetch_add(1, Relaxed);
+        TaskGuard(shared.clone())
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.tasks.fetch_sub(1, Relaxed);
+        self.0.tasks_done.notify_waiters();
     }
 }
 

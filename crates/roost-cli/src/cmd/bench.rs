@@ -1,0 +1,226 @@
+//! `roost bench`: a load generator for any WebSocket server.
+//!
+//! `idle` opens many idle connections and reports the server's memory per connection.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use roost::{ClientBuilder, Message};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+};
+
+/// Arguments of `roost bench`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Open C idle connections, then report the server's RSS per connection.
+    Idle(IdleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct IdleArgs {
+    /// The WebSocket URL to open connections to (ws:// only).
+    #[arg(long, default_value = "ws://127.0.0.1:9001/")]
+    url: String,
+    /// How many connections to open and hold.
+    #[arg(long, short = 'c', default_value_t = 10_000)]
+    connections: usize,
+    /// The server's process id, to read its resident memory from /proc.
+    #[arg(long)]
+    server_pid: u32,
+    /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, … so more
+    /// than one address's ephemeral ports can be used.
+    #[arg(long, default_value_t = 4)]
+    sources: u8,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Seconds to wait with every connection open before measuring (give the server time to
+    /// make them dormant).
+    #[arg(long, default_value_t = 12)]
+    settle: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    match args.mode {
+        Mode::Idle(args) => idle(args).await,
+    }
+}
+
+/// Resident memory of a process, in bytes, from /proc.
+fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status (is the server running?)"))?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .context("no VmRSS line in /proc status")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmRSS")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    let target: http::Uri = args.url.parse().context("parsing --url")?;
+    if target.scheme_str() != Some("ws") {
+        bail!("--url must be ws:// (idle mode measures the server, not TLS)");
+    }
+    let host = target.host().context("--url has no host")?;
+    let port = target.port_u16().unwrap_or(80);
+    let server: SocketAddr = (
+        host.parse::<IpAddr>()
+            .context("--url host must be an IP address")?,
+        port,
+    )
+        .into();
+    let before = rss(args.server_pid)?;
+    let started = Instant::now();
+    let bar = ProgressBar::new(args.connections as u64).with_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")?
+            .progress_chars("=> "),
+    );
+    bar.set_message("opening");
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (next, bar, url, sources) = (
+            next.clone(),
+            bar.clone(),
+            args.url.clone(),
+            args.sources.max(1),
+        );
+        let total = args.connections;
+        workers.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(held);
+                }
+                let source = Ipv4Addr::new(127, 0, 0, 2 + (i % usize::from(sources)) as u8);
+                let socket = TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(source.into(), 0))?;
+                let tcp = socket
+                    .connect(server)
+                    .await
+                    .with_context(|| format!("connection {i}"))?;
+                let (ws, _) = ClientBuilder::new(&url)?
+                    .handshake(tcp)
+                    .await
+                    .with_context(|| format!("handshake {i}"))?;
+                held.push(ws);
+                bar.inc(1);
+            }
+        }));
+    }
+    let mut held = Vec::with_capacity(args.connections);
+    for worker in workers {
+        held.extend(worker.await??);
+    }
+    let opened_in = started.elapsed();
+    bar.finish_with_message("open");
+    eprintln!(
+        "holding {} connections for {} s before measuring",
+        held.len(),
+        args.settle
+    );
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
+    let after = rss(args.server_pid)?;
+    let metrics = fetch_metrics(server).await.unwrap_or_default();
+    let state = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("roost_connections{{state=\"{name}\"}} ")))
+            .map(str::to_owned)
+            .unwrap_or_else(|| "-".to_owned())
+    };
+    // A fresh connection must still be served: a ping gets its pong.
+    let (mut fresh, _) = roost::connect(&args.url)
+        .await
+        .context("a fresh connection after the load")?;
+    fresh.send(Message::Ping("still there?".into())).await?;
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(message) = fresh.recv().await {
+            if matches!(message?, Message::Pong(_)) {
+                return Ok::<_, roost::Error>(true);
+            }
+        }
+        Ok(false)
+    })
+    .await
+    .unwrap_or(Ok(false))?;
+    let per_connection = after.saturating_sub(before) as f64 / held.len().max(1) as f64;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": "idle",
+                "connections": held.len(),
+                "opened_in_s": opened_in.as_secs_f64(),
+                "server_rss_before": before,
+                "server_rss_after": after,
+                "bytes_per_connection": per_connection,
+                "states": { "live": state("live"), "parked": state("parked"), "dormant": state("dormant") },
+                "fresh_connection_answered": answered,
+            })
+        );
+    } else {
+        println!("idle connections:      {}", held.len());
+        println!("opened in:             {:.1} s", opened_in.as_secs_f64());
+        println!(
+            "server RSS before:     {:.1} MiB",
+            before as f64 / 1048576.0
+        );
+        println!("server RSS after:      {:.1} MiB", after as f64 / 1048576.0);
+        println!("per idle connection:   {per_connection:.0} bytes");
+        println!(
+            "states (from /metrics): live {} parked {} dormant {}",
+            state("live"),
+            state("parked"),
+            state("dormant")
+        );
+        println!(
+            "fresh connection:      {}",
+            if answered {
+                "answered a ping"
+            } else {
+                "NO ANSWER"
+            }
+        );
+    }
+    if !answered {
+        bail!("the server did not answer a fresh connection under load");
+    }
+    Ok(())
+}
+
+/// GET /metrics over plain HTTP/1.1.
+async fn fetch_metrics(server: SocketAddr) -> anyhow::Result<String> {
+    let mut tcp = TcpStream::connect(server).await?;
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut response)).await??;
+    Ok(response)
+}
