@@ -42,3 +42,5 @@ pub use metrics::{ConnState, Metrics};
 pub use peer::SendOutcome;
 pub use room::{BroadcastReport, Room};
 pub use ws::{AttachmentError, Ws};
+/// The `http` crate, whose `Uri`, `Request` and `Response` appear in this API.
+pub use http;
