@@ -602,7 +602,13 @@ async fn accept_ws(
     }
     let expires = SystemTime::now() + shared.config.resume_ttl;
     let token = shared.resume_key.issue(id, expires);
-    let core = Connection::server(shared.config.protocol.clone(), accepted.negotiated);
+    let mut core = Connection::server(shared.config.protocol.clone(), accepted.negotiated);
+    if let Some((request, response)) = &shared.config.auto_response {
+        core.set_auto_response(Some(roost::proto::AutoResponse {
+            request: request.as_str().into(),
+            response: response.as_str().into(),
+        }));
+    }
     let peer = Arc::new(Peer::new(id, room.into(), shared.clone(), tcp, core, token));
     *peer.attachment.lock().unwrap_or_else(|e| e.into_inner()) = attachment;
     shared

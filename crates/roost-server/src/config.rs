@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub durable_dir: Option<PathBuf>,
     /// How long a graceful shutdown waits for close handshakes. Default 5 s.
     pub shutdown_timeout: Duration,
+    /// A request/response pair every new connection answers in the codec (a heartbeat),
+    /// until its handler sets another with [`crate::Ws::set_auto_response`]. Default none.
+    pub auto_response: Option<(String, String)>,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             resume_ttl: Duration::from_secs(24 * 3600),
             durable_dir: None,
             shutdown_timeout: Duration::from_secs(5),
+            auto_response: None,
         }
     }
 }

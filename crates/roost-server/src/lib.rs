@@ -38,9 +38,9 @@ mod ws;
 pub use app::{App, RouteError, Server, ServerHandle, WsRoute};
 pub use config::{BackpressurePolicy, ServerConfig};
 pub use handler::{Data, Disconnect, Handler, HttpHandler};
+/// The `http` crate, whose `Uri`, `Request` and `Response` appear in this API.
+pub use http;
 pub use metrics::{ConnState, Metrics};
 pub use peer::SendOutcome;
 pub use room::{BroadcastReport, Room};
 pub use ws::{AttachmentError, Ws};
-/// The `http` crate, whose `Uri`, `Request` and `Response` appear in this API.
-pub use http;

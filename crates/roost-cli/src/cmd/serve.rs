@@ -150,20 +150,25 @@ async fn run_server_app(args: Args) -> anyhow::Result<()> {
     if args.tls_cert.is_some() {
         anyhow::bail!("--app chat serves plain ws:// only; terminate TLS in front of it");
     }
-    let mut config = roost_server::ServerConfig {
+    let defaults = roost_server::ServerConfig::default();
+    let deflate = if args.no_compression {
+        roost::DeflateConfig::disabled()
+    } else {
+        defaults.protocol.deflate().clone()
+    };
+    let protocol = Config::builder()
+        .max_message_size(args.max_message_size)
+        .max_frame_size(args.max_message_size)
+        .deflate(deflate)
+        .build()
+        .context("invalid limits")?;
+    let config = roost_server::ServerConfig {
+        protocol,
         max_connections: args.max_connections,
         allowed_origins: args.allowed_origins.clone(),
         durable_dir: args.durable.clone(),
-        ..Default::default()
+        ..defaults
     };
-    if args.no_compression {
-        let protocol = Config::builder()
-            .max_message_size(args.max_message_size)
-            .deflate(roost::DeflateConfig::disabled())
-            .build()
-            .context("invalid limits")?;
-        config.protocol = protocol;
-    }
     let app = match args.app {
         App::Chat => crate::apps::chat::app()?,
         App::Echo => unreachable!("echo runs on the roost driver directly"),

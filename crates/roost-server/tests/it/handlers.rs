@@ -127,3 +127,40 @@ async fn a_panic_closes_only_that_connection_with_1011() {
             .contains("roost_handler_panics_total 1\n")
     );
 }
+
+struct Attach;
+
+impl Handler for Attach {
+    async fn on_message(&self, ws: &Ws, data: Data, _room: &Room) -> Result<(), Disconnect> {
+        let text = data.as_text().unwrap_or_default().to_owned();
+        match ws.serialize_attachment(&text).await {
+            Ok(()) => ws.send_text("stored"),
+            Err(error) => ws.send_text(error.to_string()),
+        };
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_attachment_over_the_cap_is_refused_with_a_clear_error() {
+    let config = ServerConfig {
+        max_attachment_size: 100,
+        auto_response: Some(("ping?".to_owned(), "pong!".to_owned())),
+        ..ServerConfig::default()
+    };
+    let (addr, _) = start(App::new().ws("/a", Attach).unwrap(), config).await;
+    let mut ws = connect(addr, "/a").await;
+    within(ws.send(Message::text("small"))).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "stored");
+    within(ws.send(Message::text("x".repeat(200))))
+        .await
+        .unwrap();
+    let error = next_text(&mut ws).await;
+    assert_eq!(
+        error,
+        "attachment of 202 bytes exceeds the limit of 100 bytes"
+    );
+    // The server-wide auto-response answers without the handler.
+    within(ws.send(Message::text("ping?"))).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "pong!");
+}
