@@ -467,25 +467,12 @@ async fn handle_tcp(task: TaskGuard, app: &AppRoutes, mut tcp: TcpStream, addr: 
         (route, room)
     });
     match route {
-        Some((route, room)) if is_upgrade(&request) => {
+        Some((route, room)) if roost::upgrade::is_upgrade_request(&request) => {
             drop((raw, buf, reader));
             accept_ws(task, route, room, tcp, request, leftover).await;
         }
         _ => serve_http(shared, app, tcp, Bytes::from(raw)).await,
     }
-}
-
-fn is_upgrade(request: &Request<()>) -> bool {
-    request
-        .headers()
-        .get_all(header::UPGRADE)
-        .iter()
-        .any(|value| {
-            value
-                .as_bytes()
-                .split(|b| *b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"websocket"))
-        })
 }
 
 /// Admission, origin, resume and the handshake itself; then the connection runs in a task of

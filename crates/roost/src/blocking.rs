@@ -35,7 +35,7 @@ use roost_proto::{
     handshake::{self, ClientHandshake, HookResult, RequestReader},
 };
 
-use crate::{Error, handshake_key, mask_source};
+use crate::{Error, client::Target, handshake_key, mask_source};
 
 /// A stream whose reads can be bounded in time, so close and handshake timeouts hold.
 pub trait Transport: Read + Write {
@@ -254,28 +254,12 @@ where
 /// Connects to a `ws://` URL (or `wss://` with the `tls` feature, verified against the web
 /// PKI roots) with the default configuration.
 pub fn connect(url: &str) -> Result<WebSocket<Box<dyn Transport + Send>>, Error> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| Error::Url(format!("{url:?}: {e}")))?;
-    let secure = match uri.scheme_str() {
-        Some("ws") => false,
-        Some("wss") => true,
-        other => {
-            return Err(Error::Url(format!(
-                "{url:?} has scheme {other:?}; use ws:// or wss://"
-            )));
-        }
-    };
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    if host.is_empty() {
-        return Err(Error::Url(format!("{url:?} has no host")));
-    }
-    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let Target {
+        uri,
+        secure,
+        host,
+        port,
+    } = Target::parse(url)?;
     let tcp = TcpStream::connect((host.as_str(), port))?;
     tcp.set_nodelay(true)?;
     let stream: Box<dyn Transport + Send> = if secure {

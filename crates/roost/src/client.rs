@@ -39,21 +39,7 @@ pub struct ClientBuilder {
 impl ClientBuilder {
     /// A client for `url`, which must be `ws://` or `wss://` with a host.
     pub fn new(url: &str) -> Result<Self, Error> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| Error::Url(format!("{url:?}: {e}")))?;
-        let secure = match uri.scheme_str() {
-            Some("ws") => false,
-            Some("wss") => true,
-            other => {
-                return Err(Error::Url(format!(
-                    "{url:?} has scheme {other:?}; use ws:// or wss://"
-                )));
-            }
-        };
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(Error::Url(format!("{url:?} has no host")));
-        }
+        let Target { uri, secure, .. } = Target::parse(url)?;
         Ok(ClientBuilder {
             uri,
             secure,
@@ -178,6 +164,51 @@ impl ClientBuilder {
         let ws = WebSocket::from_connection(stream, connection, &accepted.leftover)
             .with_protocol(accepted.protocol);
         Ok((ws, accepted.response))
+    }
+}
+
+/// A parsed `ws://` or `wss://` URL: what both the async and the blocking client connect to.
+pub(crate) struct Target {
+    pub(crate) uri: Uri,
+    pub(crate) secure: bool,
+    /// The host without IPv6 brackets.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl Target {
+    pub(crate) fn parse(url: &str) -> Result<Target, Error> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| Error::Url(format!("{url:?}: {e}")))?;
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            other => {
+                return Err(Error::Url(format!(
+                    "{url:?} has scheme {other:?}; use ws:// or wss://"
+                )));
+            }
+        };
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(Error::Url(format!("{url:?} has no host")));
+        }
+        Ok(Target::from_uri(uri, secure))
+    }
+
+    fn from_uri(uri: Uri, secure: bool) -> Target {
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        Target {
+            host: host.to_owned(),
+            port,
+            secure,
+            uri,
+        }
     }
 }
 

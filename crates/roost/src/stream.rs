@@ -177,7 +177,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Writes queued output. `Ready(Ok)` once all of it is written.
     fn poll_write_out(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<Result<(), Error>> {
-        while !self.connection.pending_output().is_empty() {
+        self.poll_write_while(cx, side, |connection| {
+            !connection.pending_output().is_empty()
+        })
+    }
+
+    /// Writes queued output for as long as `more` holds.
+    fn poll_write_while(
+        &mut self,
+        cx: &mut Context<'_>,
+        side: Side,
+        more: fn(&Connection) -> bool,
+    ) -> Poll<Result<(), Error>> {
+        while more(&self.connection) {
             self.wakers.register(side, cx.waker());
             let mut proxy = Context::from_waker(&self.write_waker);
             let written = ready!(
@@ -270,18 +282,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             return Poll::Ready(Err(Error::ConnectionClosed));
         }
         // Back-pressure: wait until the queued output drains below the limit.
-        while self.connection.is_write_blocked() {
-            self.wakers.register(Side::Writer, cx.waker());
-            let mut proxy = Context::from_waker(&self.write_waker);
-            let written = ready!(
-                Pin::new(&mut self.io).poll_write(&mut proxy, self.connection.pending_output())
-            )?;
-            if written == 0 {
-                return Poll::Ready(Err(Error::Io(std::io::ErrorKind::WriteZero.into())));
-            }
-            self.connection.consume_output(written);
-        }
-        Poll::Ready(Ok(()))
+        self.poll_write_while(cx, Side::Writer, Connection::is_write_blocked)
     }
 
     fn start_send_inner(&mut self, message: &Message) -> Result<(), Error> {

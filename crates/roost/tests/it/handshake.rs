@@ -9,7 +9,7 @@ use roost::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{echo, listener, next_data, within};
+use super::{addr_of, echo, listener, next_data, upgrade_request, within};
 
 #[tokio::test]
 async fn the_hook_chooses_a_subprotocol_and_adds_headers() {
@@ -80,10 +80,7 @@ async fn the_hook_refuses_with_its_own_status_and_the_client_sees_it() {
 
 async fn raw_exchange(request: &[u8]) -> (String, Result<(), Error>) {
     let (listener, url) = listener().await;
-    let addr = url
-        .trim_start_matches("ws://")
-        .trim_end_matches('/')
-        .to_owned();
+    let addr = addr_of(&url);
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         roost::accept(tcp).await.map(|_| ())
@@ -100,11 +97,7 @@ async fn raw_exchange(request: &[u8]) -> (String, Result<(), Error>) {
 
 #[tokio::test]
 async fn bad_requests_get_the_right_status() {
-    let (response, result) = raw_exchange(
-        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
-    )
-    .await;
+    let (response, result) = raw_exchange(&upgrade_request("/", 8)).await;
     assert!(response.starts_with("HTTP/1.1 426 "), "{response}");
     assert!(
         response.contains("Sec-WebSocket-Version: 13\r\n"),
@@ -133,10 +126,7 @@ async fn bad_requests_get_the_right_status() {
 #[tokio::test]
 async fn an_unfinished_handshake_times_out() {
     let (listener, url) = listener().await;
-    let addr = url
-        .trim_start_matches("ws://")
-        .trim_end_matches('/')
-        .to_owned();
+    let addr = addr_of(&url);
     let config = Config::builder()
         .handshake_timeout(Duration::from_millis(200))
         .build()

@@ -44,6 +44,22 @@ async fn listener() -> (TcpListener, String) {
     (listener, url)
 }
 
+/// The host:port part of a ws:// URL made by [`listener`].
+fn addr_of(url: &str) -> String {
+    url.trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// A raw upgrade request with the RFC 6455 §1.3 sample key, asking for `version`.
+fn upgrade_request(path: &str, version: u32) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 /// The next data message, skipping control messages.
 async fn next_data<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocket<S>) -> Message {
     loop {

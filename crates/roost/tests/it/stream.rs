@@ -8,7 +8,7 @@ use roost::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{echo, listener, next_data, within};
+use super::{addr_of, echo, listener, next_data, upgrade_request, within};
 
 #[tokio::test]
 async fn messages_round_trip_and_both_sides_see_a_clean_close() {
@@ -161,10 +161,7 @@ async fn an_already_upgraded_stream_is_wrapped_without_a_handshake() {
 #[tokio::test]
 async fn a_silent_peer_is_dropped_after_the_close_timeout() {
     let (listener, url) = listener().await;
-    let addr = url
-        .trim_start_matches("ws://")
-        .trim_end_matches('/')
-        .to_owned();
+    let addr = addr_of(&url);
     let config = Config::builder()
         .close_timeout(Duration::from_millis(200))
         .build()
@@ -182,12 +179,7 @@ async fn a_silent_peer_is_dropped_after_the_close_timeout() {
     });
     // A raw client that completes the handshake and then never answers the close.
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tcp.write_all(
-        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    tcp.write_all(&upgrade_request("/", 13)).await.unwrap();
     let mut buf = [0; 512];
     let n = within(tcp.read(&mut buf)).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
@@ -201,10 +193,7 @@ async fn a_silent_peer_is_dropped_after_the_close_timeout() {
 #[tokio::test]
 async fn a_protocol_error_reaches_the_application_and_the_peer_gets_1002() {
     let (listener, url) = listener().await;
-    let addr = url
-        .trim_start_matches("ws://")
-        .trim_end_matches('/')
-        .to_owned();
+    let addr = addr_of(&url);
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut ws = roost::accept(tcp).await.unwrap();
@@ -213,13 +202,9 @@ async fn a_protocol_error_reaches_the_application_and_the_peer_gets_1002() {
         (first.map(|r| r.map_err(|e| e.to_string())), rest.is_none())
     });
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tcp.write_all(
-        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\
-          \x81\x02hi",
-    )
-    .await
-    .unwrap();
+    // An unmasked frame right behind the request.
+    let request = [upgrade_request("/", 13), b"\x81\x02hi".to_vec()].concat();
+    tcp.write_all(&request).await.unwrap();
     let mut response = Vec::new();
     within(tcp.read_to_end(&mut response)).await.unwrap();
     let close_at = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;

@@ -9,7 +9,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use roost::{Config, Message};
 
-use super::{echo, listener, next_data, within};
+use super::{echo, listener, next_data, upgrade_request, within};
 
 async fn handle(mut request: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
     if !roost::upgrade::is_upgrade_request(&request) {
@@ -53,12 +53,7 @@ async fn a_hyper_server_upgrades_and_keeps_serving_plain_http() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = url.trim_start_matches("ws://").trim_end_matches('/');
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 7\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    tcp.write_all(&upgrade_request("/ws", 7)).await.unwrap();
     let mut buf = vec![0; 1024];
     let n = within(tcp.read(&mut buf)).await.unwrap();
     let response = String::from_utf8_lossy(&buf[..n]);
