@@ -30,7 +30,8 @@ pub struct ServerConfig {
     /// another Origin is answered 403. Empty (the default) allows every origin.
     pub allowed_origins: Vec<String>,
     /// Bytes that may wait in one connection's outbound queue. Default 1 MiB: a reader that
-    /// never reads costs at most this much.
+    /// never reads costs at most this much plus one message. A message for a full queue meets
+    /// the [`BackpressurePolicy`].
     pub max_outbound: usize,
     /// What happens past `max_outbound`. Default: close with 1013 (try again later).
     pub backpressure: BackpressurePolicy,

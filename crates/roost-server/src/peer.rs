@@ -40,6 +40,9 @@ use crate::{
     store::ConnectionId,
 };
 
+/// Most bytes a connection holds back while it works through a batch of messages.
+const CORK_LIMIT: usize = 64 << 10;
+
 /// Bytes read from a socket per read call, in a buffer shared by every connection of a thread.
 const READ_CHUNK: usize = 64 << 10;
 
@@ -66,6 +69,9 @@ pub(crate) struct Outbound {
     queued: usize,
     /// Our close frame is queued: nothing more may be added.
     closed: bool,
+    /// The connection's task is working through a batch of received messages: writes wait
+    /// in the queue and leave in one system call when the batch is done.
+    corked: bool,
 }
 
 pub(crate) struct Peer {
@@ -109,6 +115,7 @@ impl Peer {
                 queue: VecDeque::new(),
                 queued: 0,
                 closed: false,
+                corked: false,
             }),
             wake: Notify::new(),
             attachment: Mutex::new(None),
@@ -172,9 +179,18 @@ impl Peer {
         if out.closed {
             return SendOutcome::Closed;
         }
+        if out.corked && out.queued + bytes.len() > CORK_LIMIT {
+            // A big batch: write what is queued now instead of holding it.
+            drop(out);
+            let _ = self.flush_ready();
+            out = self.out();
+            if out.closed {
+                return SendOutcome::Closed;
+            }
+        }
         out.closed = closing;
         let mut rest = bytes;
-        if out.queue.is_empty() {
+        if out.queue.is_empty() && (!out.corked || rest.len() > CORK_LIMIT) {
             match self.socket.try_write(&rest) {
                 Ok(n) if n == rest.len() => {
                     self.shared.metrics.bytes_out.fetch_add(len, Relaxed);
@@ -191,14 +207,21 @@ impl Peer {
                 }
             }
         }
-        if !closing && out.queued + rest.len() > self.shared.config.max_outbound {
+        // The bound applies to what is already waiting: a queue below it takes one more
+        // message whatever its size, so memory stays under the bound plus one message.
+        if !closing && out.queued >= self.shared.config.max_outbound {
             drop(out);
             return self.over_limit();
         }
         out.queued += rest.len();
         out.queue.push_back(rest);
+        let corked = out.corked;
         drop(out);
         self.shared.metrics.bytes_out.fetch_add(len, Relaxed);
+        if corked {
+            // The task writes the batch itself when it is done with it.
+            return SendOutcome::Sent;
+        }
         self.wake.notify_one();
         SendOutcome::Queued
     }
@@ -235,28 +258,49 @@ impl Peer {
         let _ = self.with_core(|core| core.close(Some(frame), Instant::now()));
     }
 
+    fn set_corked(&self, corked: bool) {
+        self.out().corked = corked;
+    }
+
     fn has_queued(&self) -> bool {
         !self.out().queue.is_empty()
     }
 
-    /// Writes queued bytes until the queue is empty or the socket would block.
+    /// Writes queued bytes until the queue is empty or the socket would block, many buffers
+    /// per system call.
     fn flush_ready(&self) -> io::Result<()> {
         loop {
-            let Some(front) = self.out().queue.front().cloned() else {
-                return Ok(());
-            };
-            match self.socket.try_write(&front) {
-                Ok(n) => {
-                    let mut out = self.out();
-                    out.queued -= n;
-                    if n == front.len() {
-                        out.queue.pop_front();
-                    } else if let Some(first) = out.queue.front_mut() {
-                        *first = first.slice(n..);
-                    }
+            let written = {
+                let out = self.out();
+                if out.queue.is_empty() {
+                    return Ok(());
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e),
+                let slices: Vec<io::IoSlice<'_>> = out
+                    .queue
+                    .iter()
+                    .take(64)
+                    .map(|b| io::IoSlice::new(b))
+                    .collect();
+                match self.socket.try_write_vectored(&slices) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            };
+            let mut out = self.out();
+            out.queued -= written;
+            let mut left = written;
+            while left > 0 {
+                let Some(front) = out.queue.front_mut() else {
+                    break;
+                };
+                if front.len() <= left {
+                    left -= front.len();
+                    out.queue.pop_front();
+                } else {
+                    *front = front.slice(left..);
+                    left = 0;
+                }
             }
         }
     }
@@ -357,7 +401,8 @@ async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
         peer.close(CloseCode::GOING_AWAY, "server shutting down");
     }
     loop {
-        // Everything the core has parsed, in order.
+        // Everything the core has parsed, in order; replies leave together afterwards.
+        peer.set_corked(true);
         loop {
             let (event, _) = peer.with_core(|core| core.next_event());
             let Some(event) = event else { break };
@@ -379,6 +424,7 @@ async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
                 break;
             }
         }
+        peer.set_corked(false);
         let hits = peer.core().auto_response_hits();
         peer.shared
             .metrics

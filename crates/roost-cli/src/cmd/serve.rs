@@ -47,10 +47,12 @@ enum App {
     Echo,
     /// Chat rooms at /chat/<room> with a demo page at /, resume and durable attachments.
     Chat,
+    /// The benchmark app: echo on any path, /room/<name> sends to every other member.
+    Bench,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    if let App::Chat = args.app {
+    if let App::Chat | App::Bench = args.app {
         return run_server_app(args).await;
     }
     let deflate = roost::DeflateConfig {
@@ -148,7 +150,10 @@ where
 /// Runs an app built on roost-server (graceful shutdown on SIGTERM and SIGINT).
 async fn run_server_app(args: Args) -> anyhow::Result<()> {
     if args.tls_cert.is_some() {
-        anyhow::bail!("--app chat serves plain ws:// only; terminate TLS in front of it");
+        anyhow::bail!(
+            "--app {:?} serves plain ws:// only; terminate TLS in front of it",
+            args.app
+        );
     }
     let defaults = roost_server::ServerConfig::default();
     let deflate = if args.no_compression {
@@ -171,6 +176,7 @@ async fn run_server_app(args: Args) -> anyhow::Result<()> {
     };
     let app = match args.app {
         App::Chat => crate::apps::chat::app()?,
+        App::Bench => crate::apps::bench::app()?,
         App::Echo => unreachable!("echo runs on the roost driver directly"),
     };
     let server = app

@@ -1,6 +1,4 @@
-//! `roost bench`: a load generator for any WebSocket server.
-//!
-//! `idle` opens many idle connections and reports the server's memory per connection.
+//! `roost bench idle`: many idle connections, the server's memory per connection.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -19,21 +17,9 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
-/// Arguments of `roost bench`.
+/// Arguments of `roost bench idle`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {
-    #[command(subcommand)]
-    mode: Mode,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum Mode {
-    /// Open C idle connections, then report the server's RSS per connection.
-    Idle(IdleArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct IdleArgs {
+pub(crate) struct IdleArgs {
     /// The WebSocket URL to open connections to (ws:// only).
     #[arg(long, default_value = "ws://127.0.0.1:9001/")]
     url: String,
@@ -59,12 +45,6 @@ struct IdleArgs {
     json: bool,
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    match args.mode {
-        Mode::Idle(args) => idle(args).await,
-    }
-}
-
 /// Resident memory of a process, in bytes, from /proc.
 fn rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -81,7 +61,7 @@ fn rss(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
-async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let target: http::Uri = args.url.parse().context("parsing --url")?;
     if target.scheme_str() != Some("ws") {
         bail!("--url must be ws:// (idle mode measures the server, not TLS)");
@@ -216,7 +196,7 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
 }
 
 /// GET /metrics over plain HTTP/1.1.
-async fn fetch_metrics(server: SocketAddr) -> anyhow::Result<String> {
+pub(crate) async fn fetch_metrics(server: SocketAddr) -> anyhow::Result<String> {
     let mut tcp = TcpStream::connect(server).await?;
     tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
         .await?;

@@ -1,0 +1,84 @@
+//! The bench app on tokio-tungstenite: echo on any path, broadcast to the others on
+//! `/room/<name>`. tungstenite answers pings and close frames itself; they go out on the next
+//! read, which this loop always makes.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use roost_bench_peers::{Args, Membership, Rooms, listen, room_name};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::{Error, Message};
+
+fn main() -> std::io::Result<()> {
+    let args = Args::parse("tungstenite-server");
+    args.runtime()?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> std::io::Result<()> {
+    let listener = listen(args.listen)?;
+    println!("tungstenite-server listening on {}", listener.local_addr()?);
+    let rooms = Rooms::new();
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of descriptors and the like: keep serving the connections already open.
+            Err(err) => {
+                eprintln!("accept: {err}");
+                continue;
+            }
+        };
+        let rooms = Arc::clone(&rooms);
+        tokio::spawn(async move {
+            // Peers that hang up or break the protocol are routine under load; log the rest.
+            if let Err(err) = connection(stream, rooms).await
+                && !matches!(
+                    err,
+                    Error::ConnectionClosed | Error::Protocol(_) | Error::Io(_)
+                )
+            {
+                eprintln!("connection: {err}");
+            }
+        });
+    }
+}
+
+async fn connection(stream: TcpStream, rooms: Arc<Rooms<Message>>) -> Result<(), Error> {
+    stream.set_nodelay(true)?;
+    let mut path = String::new();
+    // tungstenite's callback type fixes the (large) rejection type; this one never rejects.
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, response: Response| {
+        path = request.uri().path().to_owned();
+        Ok(response)
+    };
+    let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback).await?;
+
+    let Some(room) = room_name(&path) else {
+        // Echo: answer each message in place.
+        while let Some(message) = ws.next().await {
+            let message = message?;
+            if message.is_text() || message.is_binary() {
+                ws.send(message).await?;
+            }
+        }
+        return Ok(());
+    };
+
+    let (queue, mut inbox) = mpsc::unbounded_channel();
+    let member: Membership<Message> = rooms.join(room, queue);
+    loop {
+        tokio::select! {
+            incoming = ws.next() => match incoming {
+                Some(Ok(message)) if message.is_text() || message.is_binary() => {
+                    member.broadcast(&message);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err),
+                None => return Ok(()),
+            },
+            Some(message) = inbox.recv() => ws.send(message).await?,
+        }
+    }
+}

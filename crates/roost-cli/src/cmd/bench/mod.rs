@@ -1,0 +1,221 @@
+//! `roost bench`: a load generator to point at any WebSocket server running the bench app
+//! (echo on any path, `/room/<name>` sends to the room's other members).
+//!
+//! Every mode runs for a fixed time after a warm-up, shows progress on long runs, prints a
+//! human summary, and with `--json` one JSON object for machines.
+
+mod broadcast;
+mod connect;
+mod echo;
+mod idle;
+mod latency;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use roost::{ClientBuilder, Config, WebSocket};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Arguments of `roost bench`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// C connections, P messages in flight each, size S: messages/s and MiB/s, every echo
+    /// verified.
+    Echo(echo::EchoArgs),
+    /// Strict ping-pong: round-trip percentiles.
+    Latency(latency::LatencyArgs),
+    /// N subscribers in one room and publishers: deliveries/s and delivery latency.
+    Broadcast(broadcast::BroadcastArgs),
+    /// Open C idle connections, then report the server's RSS per connection.
+    Idle(idle::IdleArgs),
+    /// Full handshakes per second, close handshake included.
+    Connect(connect::ConnectArgs),
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    match args.mode {
+        Mode::Echo(args) => echo::run(args).await,
+        Mode::Latency(args) => latency::run(args).await,
+        Mode::Broadcast(args) => broadcast::run(args).await,
+        Mode::Idle(args) => idle::run(args).await,
+        Mode::Connect(args) => connect::run(args).await,
+    }
+}
+
+/// Options every timed mode shares.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Common {
+    /// The server URL (ws:// with an IP address).
+    #[arg(long, default_value = "ws://127.0.0.1:9001/")]
+    url: String,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, short = 'd', default_value_t = 10)]
+    duration: u64,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Offer permessage-deflate (off by default: most peers do not support it).
+    #[arg(long)]
+    deflate: bool,
+    /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, …
+    #[arg(long, default_value_t = 4)]
+    sources: u8,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where the server is, parsed once.
+pub(crate) struct Target {
+    server: SocketAddr,
+    config: Config,
+}
+
+impl Common {
+    fn target(&self) -> anyhow::Result<Target> {
+        let uri: http::Uri = self.url.parse().context("parsing --url")?;
+        anyhow::ensure!(uri.scheme_str() == Some("ws"), "--url must be ws://");
+        let host: IpAddr = uri
+            .host()
+            .context("--url has no host")?
+            .parse()
+            .context("--url host must be an IP address")?;
+        let server = SocketAddr::new(host, uri.port_u16().unwrap_or(80));
+        let deflate = if self.deflate {
+            roost::DeflateConfig::default()
+        } else {
+            roost::DeflateConfig::disabled()
+        };
+        let config = Config::builder()
+            .deflate(deflate)
+            .max_message_size(64 << 20)
+            .max_frame_size(64 << 20)
+            .build()?;
+        Ok(Target { server, config })
+    }
+
+    /// The URL with `path` instead of the one given.
+    fn url_with_path(&self, path: &str) -> anyhow::Result<String> {
+        let uri: http::Uri = self.url.parse()?;
+        Ok(format!(
+            "ws://{}{path}",
+            uri.authority().context("--url has no authority")?
+        ))
+    }
+}
+
+/// Opens connection number `index` to `url`, from source address 127.0.0.(2 + index % sources).
+pub(crate) async fn open(
+    target: &Target,
+    url: &str,
+    index: usize,
+    sources: u8,
+) -> anyhow::Result<WebSocket<TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
+    if target.server.ip().is_loopback() {
+        let source = Ipv4Addr::new(127, 0, 0, 2 + (index % usize::from(sources.max(1))) as u8);
+        socket.bind(SocketAddr::new(source.into(), 0))?;
+    }
+    let tcp = socket
+        .connect(target.server)
+        .await
+        .with_context(|| format!("connection {index}"))?;
+    tcp.set_nodelay(true)?;
+    let builder = ClientBuilder::new(url)?.config(target.config.clone());
+    let (ws, _) = builder
+        .handshake(tcp)
+        .await
+        .with_context(|| format!("handshake {index}"))?;
+    Ok(ws)
+}
+
+/// A progress bar over the warm-up and the measured time.
+pub(crate) fn progress(common: &Common, json: bool) -> ProgressBar {
+    let total = common.warmup + common.duration;
+    if json {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} s") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Sleeps through the warm-up and the measured time, ticking the progress bar; calls
+/// `at_start` when measuring begins and returns what `at_end` returns when it ends.
+pub(crate) async fn measure<T>(
+    common: &Common,
+    bar: &ProgressBar,
+    at_start: impl FnOnce(),
+    at_end: impl FnOnce() -> T,
+) -> T {
+    bar.set_message("warm-up");
+    for _ in 0..common.warmup {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        bar.inc(1);
+    }
+    at_start();
+    bar.set_message("measuring");
+    for _ in 0..common.duration {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        bar.inc(1);
+    }
+    let result = at_end();
+    bar.finish_and_clear();
+    result
+}
+
+/// A histogram of durations in nanoseconds, 1 ns to 60 s, 3 significant digits.
+pub(crate) fn histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, 60_000_000_000, 3) {
+        Ok(histogram) => histogram,
+        Err(_) => unreachable!("the bounds are valid"),
+    }
+}
+
+/// Percentiles in microseconds, for reports.
+pub(crate) fn percentiles(histogram: &Histogram<u64>) -> serde_json::Value {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    serde_json::json!({
+        "samples": histogram.len(),
+        "p50_us": us(histogram.value_at_quantile(0.50)),
+        "p99_us": us(histogram.value_at_quantile(0.99)),
+        "p99_9_us": us(histogram.value_at_quantile(0.999)),
+        "max_us": us(histogram.max()),
+    })
+}
+
+/// Prints a report: JSON, or `label: value` lines.
+pub(crate) fn report(json: bool, value: &serde_json::Value) {
+    if json {
+        println!("{value}");
+        return;
+    }
+    if let Some(map) = value.as_object() {
+        for (key, value) in map {
+            match value {
+                serde_json::Value::Object(inner) => {
+                    let parts: Vec<String> =
+                        inner.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                    println!("{key:>22}: {}", parts.join(", "));
+                }
+                serde_json::Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => {
+                    println!("{key:>22}: {:.1}", n.as_f64().unwrap_or_default());
+                }
+                other => println!("{key:>22}: {}", other.to_string().trim_matches('"')),
+            }
+        }
+    }
+}
