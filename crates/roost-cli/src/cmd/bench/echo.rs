@@ -30,6 +30,13 @@ pub(crate) struct EchoArgs {
     /// Send text messages instead of binary ones.
     #[arg(long)]
     text: bool,
+    /// Payload body: `letters` (a-z repeated) or `json` (JSON-like records, for compression).
+    #[arg(long, default_value = "letters")]
+    payload: String,
+    /// Speak raw TCP instead of WebSocket (for a raw echo server: the ceiling for the same
+    /// system-call pattern).
+    #[arg(long)]
+    raw_tcp: bool,
 }
 
 /// Payloads numbered by sequence: a fixed body whose first bytes carry the number, so every
@@ -45,6 +52,37 @@ impl Payloads {
         Payloads { template, text }
     }
 
+    /// JSON-like records, as chat or market-data messages look: compressible, not trivially.
+    pub(crate) fn json(size: usize, text: bool) -> Self {
+        let mut body = String::with_capacity(size + 128);
+        let mut i = 0u32;
+        while body.len() < size {
+            body.push_str(&format!(
+                r#"{{"id":{i},"user":"user{}","price":{}.{:02},"side":"{}","tags":["a{}","b{}"]}},"#,
+                i * 7919 % 1000,
+                100 + i * 37 % 900,
+                i * 13 % 100,
+                if i % 2 == 0 { "buy" } else { "sell" },
+                i % 5,
+                i % 3
+            ));
+            i += 1;
+        }
+        body.truncate(size);
+        Payloads {
+            template: body.into_bytes(),
+            text,
+        }
+    }
+
+    /// The raw bytes of message `seq`.
+    pub(crate) fn bytes(&self, seq: u64) -> Vec<u8> {
+        let (prefix, n) = self.prefix(seq);
+        let mut body = self.template.clone();
+        body[..n].copy_from_slice(&prefix[..n]);
+        body
+    }
+
     fn prefix(&self, seq: u64) -> ([u8; 16], usize) {
         let mut prefix = [0u8; 16];
         if self.text {
@@ -57,9 +95,7 @@ impl Payloads {
     }
 
     pub(crate) fn message(&self, seq: u64) -> Message {
-        let (prefix, n) = self.prefix(seq);
-        let mut body = self.template.clone();
-        body[..n].copy_from_slice(&prefix[..n]);
+        let body = self.bytes(seq);
         if self.text {
             match String::from_utf8(body) {
                 Ok(text) => Message::text(text),
@@ -71,11 +107,14 @@ impl Payloads {
     }
 
     pub(crate) fn matches(&self, seq: u64, message: &Message) -> bool {
-        let bytes: &[u8] = match (message, self.text) {
-            (Message::Text(text), true) => text.as_bytes(),
-            (Message::Binary(bytes), false) => bytes,
-            _ => return false,
-        };
+        match (message, self.text) {
+            (Message::Text(text), true) => self.matches_bytes(seq, text.as_bytes()),
+            (Message::Binary(bytes), false) => self.matches_bytes(seq, bytes),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn matches_bytes(&self, seq: u64, bytes: &[u8]) -> bool {
         let (prefix, n) = self.prefix(seq);
         bytes.len() == self.template.len()
             && bytes[..n] == prefix[..n]
@@ -85,29 +124,27 @@ impl Payloads {
 
 pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
     let target = args.common.target()?;
-    let mut connections = Vec::with_capacity(args.connections);
-    for i in 0..args.connections {
-        connections.push(open(&target, &args.common.url, i, args.common.sources).await?);
-    }
-    let payloads = Arc::new(Payloads::new(args.size, args.text));
+    let payloads = Arc::new(match args.payload.as_str() {
+        "letters" => Payloads::new(args.size, args.text),
+        "json" => Payloads::json(args.size, args.text),
+        other => bail!("--payload {other:?}: use letters or json"),
+    });
     let received = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let in_flight = args.in_flight.max(1);
     let mut tasks = Vec::new();
-    for ws in connections {
-        let (payloads, received, errors, stop) = (
-            payloads.clone(),
-            received.clone(),
-            errors.clone(),
-            stop.clone(),
-        );
-        let in_flight = args.in_flight.max(1);
-        tasks.push(tokio::spawn(async move {
-            if let Err(error) = pump(ws, &payloads, in_flight, &received, &stop).await {
-                errors.fetch_add(1, Relaxed);
-                tracing::warn!(%error, "connection failed");
-            }
-        }));
+    for i in 0..args.connections {
+        let (payloads, received, stop) = (payloads.clone(), received.clone(), stop.clone());
+        let connection = if args.raw_tcp {
+            let tcp = tokio::net::TcpStream::connect(target.server).await?;
+            tcp.set_nodelay(true)?;
+            tokio::spawn(async move { pump_raw(tcp, &payloads, in_flight, &received, &stop).await })
+        } else {
+            let ws = open(&target, &args.common.url, i, args.common.sources).await?;
+            tokio::spawn(async move { pump(ws, &payloads, in_flight, &received, &stop).await })
+        };
+        tasks.push(connection);
     }
     let bar = progress(&args.common, args.common.json);
     let start = std::sync::Mutex::new(0);
@@ -120,7 +157,10 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
     .await;
     stop.store(true, Relaxed);
     for task in tasks {
-        let _ = task.await;
+        if let Ok(Err(error)) = task.await {
+            errors.fetch_add(1, Relaxed);
+            tracing::warn!(%error, "connection failed");
+        }
     }
     let seconds = args.common.duration as f64;
     let rate = count as f64 / seconds;
@@ -132,7 +172,9 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
             "connections": args.connections,
             "in_flight": args.in_flight,
             "size": args.size,
-            "kind": if args.text { "text" } else { "binary" },
+            "kind": if args.raw_tcp { "raw tcp" } else if args.text { "text" } else { "binary" },
+            "payload": args.payload,
+            "compression": args.common.deflate,
             "seconds": seconds,
             "messages": count,
             "msgs_per_s": rate,
@@ -145,6 +187,50 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
             "{} connection(s) failed or echoed a wrong payload",
             errors.load(Relaxed)
         );
+    }
+    Ok(())
+}
+
+/// The same pattern over raw TCP: `in_flight` payloads written, each echoed payload read
+/// back whole and checked, then the next written.
+async fn pump_raw(
+    mut tcp: tokio::net::TcpStream,
+    payloads: &Payloads,
+    in_flight: usize,
+    received: &AtomicU64,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let size = payloads.template.len();
+    let (mut sent, mut next) = (0u64, 0u64);
+    let mut out = Vec::with_capacity(size * in_flight);
+    for _ in 0..in_flight {
+        out.extend_from_slice(&payloads.bytes(sent));
+        sent += 1;
+    }
+    tcp.write_all(&out).await?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pending = Vec::new();
+    while !stop.load(Relaxed) {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            bail!("the server closed the connection");
+        }
+        pending.extend_from_slice(&buf[..n]);
+        out.clear();
+        let mut at = 0;
+        while pending.len() - at >= size {
+            if !payloads.matches_bytes(next, &pending[at..at + size]) {
+                bail!("echo {next} differs from what was sent");
+            }
+            at += size;
+            next += 1;
+            received.fetch_add(1, Relaxed);
+            out.extend_from_slice(&payloads.bytes(sent));
+            sent += 1;
+        }
+        pending.drain(..at);
+        tcp.write_all(&out).await?;
     }
     Ok(())
 }

@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Run every stack in bench/peers and roost under the same load, side by side, and write
+docs/performance.md.
+
+    python3 bench/run.py [--quick] [--runs N] [--only SCENARIO,...] [--stacks NAME,...]
+
+Each server runs the bench app (echo on any path, /room/<name> to the other members), pinned
+to core 0 with taskset; the load generator (`roost bench`, the same for every stack) is
+pinned to core 1. Every scenario runs N times per stack (default 3) and the median is kept.
+Figures are only ever ratios within one run of this script: the machine is shared and noisy.
+
+Prerequisites (bench/peers/README.md): `cargo build --release -p roost-cli`,
+`cargo build --release --manifest-path bench/peers/rust/Cargo.toml`, `npm ci --prefix
+bench/peers`. Stacks whose binaries are missing are reported as such, not skipped silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / "bench" / "peers"
+ROOST = ROOT / "target" / "release" / "roost"
+RUST_PEERS = PEERS / "rust" / "target" / "release"
+BUN = PEERS / "node_modules" / ".bin" / "bun"
+
+STACKS = {
+    "roost": [str(ROOST), "serve", "--app", "bench", "--listen", "{addr}"],
+    "tokio-tungstenite": [str(RUST_PEERS / "tungstenite-server"), "--listen", "{addr}"],
+    "fastwebsockets": [str(RUST_PEERS / "fastwebsockets-server"), "--listen", "{addr}"],
+    "bun": [str(BUN), str(PEERS / "bun" / "server.js"), "--listen", "{addr}"],
+    "node-ws": ["node", str(PEERS / "node-ws" / "server.js"), "--listen", "{addr}"],
+    "raw-tcp": [str(RUST_PEERS / "raw-tcp-echo"), "--listen", "{addr}"],
+}
+COMPRESSION = {"roost", "bun", "node-ws"}
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    args: list[str]
+    metric: str          # key in the JSON report
+    unit: str
+    higher_is_better: bool = True
+    raw_tcp: bool = True  # whether the raw TCP ceiling takes part
+    stacks: set[str] | None = None
+    notes: str = ""
+
+
+SCENARIOS = [
+    Scenario("echo64", "Echo 64 B, 100 connections x 16 in flight",
+             ["echo", "-c", "100", "-p", "16", "-s", "64"], "msgs_per_s", "msgs/s"),
+    Scenario("echo16k", "Echo 16 KiB, 10 connections x 4 in flight",
+             ["echo", "-c", "10", "-p", "4", "-s", "16384"], "mib_per_s", "MiB/s"),
+    Scenario("latency", "Latency, 1 connection, 64 B strict ping-pong (p99)",
+             ["latency", "-s", "64"], "round_trip.p99_us", "us p99",
+             higher_is_better=False, raw_tcp=False),
+    Scenario("broadcast", "Broadcast, 1,000 subscribers, 64 B, maximum rate",
+             ["broadcast", "-n", "1000", "-s", "64"], "deliveries_per_s", "deliveries/s",
+             raw_tcp=False),
+    Scenario("connect", "Connections per second (opening and closing handshakes)",
+             ["connect", "-c", "16"], "connections_per_s", "conn/s", raw_tcp=False),
+    Scenario("deflate", "Compressed echo, 1 KiB JSON-like text, permessage-deflate",
+             ["echo", "-c", "50", "-p", "8", "-s", "1024", "--text", "--payload", "json",
+              "--deflate"], "msgs_per_s", "msgs/s", raw_tcp=False, stacks=COMPRESSION),
+]
+
+
+def free_addr() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def wait_for(addr: str, deadline: float) -> bool:
+    host, port = addr.rsplit(":", 1)
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def pin(core: int, command: list[str]) -> list[str]:
+    return (["taskset", "-c", str(core)] + command) if shutil.which("taskset") else command
+
+
+def dig(report: dict, path: str):
+    value = report
+    for key in path.split("."):
+        value = value[key]
+    return value
+
+
+@dataclass
+class Result:
+    values: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+
+def run_once(stack: str, scenario: Scenario, duration: int, warmup: int) -> float:
+    addr = free_addr()
+    command = [part.replace("{addr}", addr) for part in STACKS[stack]]
+    server = subprocess.Popen(pin(0, command), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        if not wait_for(addr, time.monotonic() + 20):
+            raise RuntimeError("the server did not start listening")
+        args = list(scenario.args)
+        if stack == "raw-tcp":
+            args.append("--raw-tcp")
+        load = pin(1, [str(ROOST), "bench", *args, "--url", f"ws://{addr}/",
+                       "--duration", str(duration), "--warmup", str(warmup), "--json"])
+        timeout = duration + warmup + 120
+        done = subprocess.run(load, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError((done.stderr.strip().splitlines() or ["failed"])[-1])
+        return float(dig(json.loads(done.stdout.strip().splitlines()[-1]), scenario.metric))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {model}, Linux {platform.release()}"
+
+
+def chart(scenario: Scenario, results: dict[str, Result]) -> str:
+    """A horizontal bar chart as inline SVG."""
+    rows = [(s, r.median) for s, r in results.items() if r.median is not None]
+    if not rows:
+        return ""
+    top = max(v for _, v in rows) or 1.0
+    height = 24 * len(rows) + 10
+    bars = []
+    for i, (stack, value) in enumerate(rows):
+        width = 360 * value / top
+        y = 5 + 24 * i
+        colour = "#3f5bd8" if stack == "roost" else "#9aa3b5"
+        bars.append(
+            f'<text x="0" y="{y + 15}" font-size="12" font-family="sans-serif">{stack}</text>'
+            f'<rect x="130" y="{y}" width="{width:.1f}" height="18" fill="{colour}"/>'
+            f'<text x="{136 + width:.1f}" y="{y + 14}" font-size="11" font-family="sans-serif">'
+            f'{value:,.1f}</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="600" height="{height}" '
+            f'role="img" aria-label="{scenario.title}">{"".join(bars)}</svg>')
+
+
+def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
+    out = ["# Performance", "",
+           "Measured by `python3 bench/run.py` (this file is its output; do not edit by hand).",
+           f"Machine: {machine()}. Server pinned to core 0, load generator (`roost bench`) to "
+           f"core 1. {args.runs} run(s) per stack and scenario, median shown; "
+           f"{args.duration} s measured after {args.warmup} s of warm-up. The machine is shared: "
+           "compare ratios within this file, not across runs.", "",
+           f"Generated on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}.", ""]
+    for scenario in SCENARIOS:
+        if scenario.name not in results:
+            continue
+        rows = results[scenario.name]
+        values = [r.median for r in rows.values() if r.median is not None]
+        best = (max(values) if scenario.higher_is_better else min(values)) if values else None
+        out += [f"## {scenario.title}", "",
+                f"`roost bench {' '.join(scenario.args)}`", "",
+                f"| stack | {scenario.unit} | ratio to the best | runs |", "| --- | --- | --- | --- |"]
+        for stack, result in rows.items():
+            if result.median is None:
+                out.append(f"| {stack} | - | - | {result.error or 'no result'} |")
+                continue
+            ratio = (result.median / best if scenario.higher_is_better else best / result.median) if best else 0
+            runs = ", ".join(f"{v:,.1f}" for v in result.values)
+            out.append(f"| {stack} | {result.median:,.1f} | {ratio:.2f} | {runs} |")
+        out += ["", chart(scenario, rows), ""]
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="1 run of 2 s per case")
+    parser.add_argument("--only", help="comma-separated scenarios")
+    parser.add_argument("--stacks", help="comma-separated stacks")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.duration, args.warmup = 1, 2, 1
+    if not ROOST.exists():
+        print(f"missing {ROOST}: cargo build --release -p roost-cli", file=sys.stderr)
+        return 1
+    only = set(args.only.split(",")) if args.only else None
+    stacks = args.stacks.split(",") if args.stacks else list(STACKS)
+    started = time.time()
+    results: dict[str, dict[str, Result]] = {}
+    for scenario in SCENARIOS:
+        if only and scenario.name not in only:
+            continue
+        results[scenario.name] = {}
+        for stack in stacks:
+            if stack == "raw-tcp" and not scenario.raw_tcp:
+                continue
+            if scenario.stacks and stack not in scenario.stacks:
+                continue
+            result = Result()
+            binary = STACKS[stack][0]
+            if not (shutil.which(binary) or Path(binary).exists()):
+                result.error = f"not built ({binary})"
+            else:
+                for _ in range(args.runs):
+                    try:
+                        result.values.append(run_once(stack, scenario, args.duration, args.warmup))
+                    except Exception as error:  # noqa: BLE001 - reported in the table
+                        result.error = str(error)[:120]
+            results[scenario.name][stack] = result
+            shown = f"{result.median:,.1f}" if result.median is not None else result.error
+            print(f"{scenario.name:>10} {stack:>18}: {shown}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(results, args, started))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
