@@ -62,7 +62,7 @@ impl Payloads {
                 i * 7919 % 1000,
                 100 + i * 37 % 900,
                 i * 13 % 100,
-                if i % 2 == 0 { "buy" } else { "sell" },
+                if i.is_multiple_of(2) { "buy" } else { "sell" },
                 i % 5,
                 i % 3
             ));
