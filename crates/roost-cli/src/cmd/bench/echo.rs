@@ -253,20 +253,20 @@ async fn pump(
         let Some(first) = ws.recv().await else {
             bail!("the server closed the connection");
         };
-        // Answer every echo already here, then write the replies in one go.
-        let mut message = Some(first);
-        while let Some(result) = message {
-            let echo = result?;
-            if echo.is_data() {
-                if !payloads.matches(next, &echo) {
-                    bail!("echo {next} differs from what was sent");
-                }
-                next += 1;
-                received.fetch_add(1, Relaxed);
-                ws.feed(&payloads.message(sent))?;
-                sent += 1;
+        // Take every echo already here first (receiving flushes what is queued, so replies
+        // are queued only after), then write all the replies in one go.
+        let mut echoes = vec![first?];
+        while let Some(result) = ws.recv().now_or_never().flatten() {
+            echoes.push(result?);
+        }
+        for echo in echoes.iter().filter(|echo| echo.is_data()) {
+            if !payloads.matches(next, echo) {
+                bail!("echo {next} differs from what was sent");
             }
-            message = ws.recv().now_or_never().flatten();
+            next += 1;
+            received.fetch_add(1, Relaxed);
+            ws.feed(&payloads.message(sent))?;
+            sent += 1;
         }
         ws.flush().await?;
     }
