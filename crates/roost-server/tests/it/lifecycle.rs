@@ -126,3 +126,118 @@ async fn a_normal_close_ends_the_session_but_going_away_keeps_it() {
         }
     }
 }
+
+#[derive(Default)]
+struct Closes(std::sync::Mutex<Vec<u16>>);
+
+struct Watcher(std::sync::Arc<Closes>);
+
+impl Handler for Watcher {
+    async fn on_message(&self, _ws: &Ws, _data: Data, _room: &Room) -> Result<(), Disconnect> {
+        Ok(())
+    }
+
+    async fn on_close(&self, _ws: &Ws, code: CloseCode, _reason: &str) {
+        self.0.0.lock().unwrap().push(code.0);
+    }
+}
+
+#[tokio::test]
+async fn pings_keep_a_live_peer_and_the_idle_timeout_drops_a_dead_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let closes = std::sync::Arc::new(Closes::default());
+    let config = ServerConfig {
+        ping_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(400),
+        ..ServerConfig::default()
+    };
+    let (addr, _) = start(
+        App::new().ws("/w", Watcher(closes.clone())).unwrap(),
+        config,
+    )
+    .await;
+    // A live client: reading answers the server's pings automatically.
+    let mut live = connect(addr, "/w").await;
+    let reader = tokio::spawn(async move {
+        let mut pings = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(900);
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, live.recv()).await {
+            if matches!(message, Message::Ping(_)) {
+                pings += 1;
+            }
+        }
+        (pings, live)
+    });
+    // A dead one: completes the handshake, then never sends anything again.
+    let mut dead = tokio::net::TcpStream::connect(addr).await.unwrap();
+    dead.write_all(
+        b"GET /w HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 256];
+    let _ = within(dead.read(&mut buf)).await.unwrap();
+    eventually("the dead peer was dropped with 1006", || {
+        closes.0.lock().unwrap().contains(&1006)
+    })
+    .await;
+    let (pings, mut live) = within(reader).await.unwrap();
+    assert!(pings >= 2, "the live client was pinged ({pings} pings)");
+    within(live.send(Message::text("still connected")))
+        .await
+        .unwrap();
+    assert_eq!(
+        closes.0.lock().unwrap().len(),
+        1,
+        "only the dead peer was dropped"
+    );
+}
+
+struct Adopter;
+
+impl Handler for Adopter {
+    async fn on_message(&self, ws: &Ws, data: Data, _room: &Room) -> Result<(), Disconnect> {
+        let text = data.as_text().unwrap_or_default();
+        if let Some(id) = text.strip_prefix("adopt ") {
+            let adopted = ws.adopt_attachment(id.parse().unwrap()).await.unwrap();
+            let name = ws.deserialize_attachment::<String>().unwrap();
+            ws.send_text(format!("adopted {adopted} {name:?}"));
+        } else {
+            ws.serialize_attachment(text).await.unwrap();
+            ws.send_text(format!("id {}", ws.id()));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_operator_adopts_a_persisted_attachment_onto_a_new_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        durable_dir: Some(dir.path().to_owned()),
+        ..ServerConfig::default()
+    };
+    let (addr, _) = start(App::new().ws("/a", Adopter).unwrap(), config).await;
+    let mut old = connect(addr, "/a").await;
+    within(old.send(Message::text("orphan"))).await.unwrap();
+    let old_id = next_text(&mut old)
+        .await
+        .strip_prefix("id ")
+        .unwrap()
+        .to_owned();
+    drop(old); // lost, not closed: the attachment stays on disk
+    let mut new = connect(addr, "/a").await;
+    within(new.send(Message::text(format!("adopt {old_id}"))))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut new).await, "adopted true Some(\"orphan\")");
+    within(new.send(Message::text(format!("adopt {old_id}"))))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_text(&mut new).await,
+        "adopted false Some(\"orphan\")",
+        "only once"
+    );
+}
