@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-/// The three states of a WebSocket connection (see [`crate::hibernate`]).
+/// The three states of a WebSocket connection (see the crate docs on hibernation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnState {
     /// A handler call is running for it.

@@ -72,6 +72,29 @@ pub(crate) struct Outbound {
     /// The connection's task is working through a batch of received messages: writes wait
     /// in the queue and leave in one system call when the batch is done.
     corked: bool,
+    /// Part of the queue's first buffer was already written: it must be finished before
+    /// anything else goes out, or the peer would see a torn frame.
+    front_started: bool,
+    /// The backpressure policy closes this connection: its task sends the close frame (no
+    /// lock may be held for that, and the push that found the queue full may hold one).
+    kick: Option<CloseCode>,
+}
+
+impl Outbound {
+    /// Drops what waits, except the rest of a frame already partly written.
+    fn discard(&mut self) {
+        let keep = if self.front_started {
+            self.queue.pop_front()
+        } else {
+            None
+        };
+        self.queue.clear();
+        self.queued = 0;
+        if let Some(front) = keep {
+            self.queued = front.len();
+            self.queue.push_back(front);
+        }
+    }
 }
 
 pub(crate) struct Peer {
@@ -116,6 +139,8 @@ impl Peer {
                 queued: 0,
                 closed: false,
                 corked: false,
+                front_started: false,
+                kick: None,
             }),
             wake: Notify::new(),
             attachment: Mutex::new(None),
@@ -196,7 +221,10 @@ impl Peer {
                     self.shared.metrics.bytes_out.fetch_add(len, Relaxed);
                     return SendOutcome::Sent;
                 }
-                Ok(n) => rest = rest.slice(n..),
+                Ok(n) => {
+                    rest = rest.slice(n..);
+                    out.front_started = n > 0;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => {
                     // The peer is gone; its task notices on its next read.
@@ -233,22 +261,31 @@ impl Peer {
                 SendOutcome::Dropped
             }
             BackpressurePolicy::Close(code) => {
-                self.shared
-                    .metrics
-                    .backpressure_closes
-                    .fetch_add(1, Relaxed);
-                self.shared.metrics.dropped.fetch_add(1, Relaxed);
-                // What a reader that does not read has queued is worth nothing now: replace it
-                // with the close frame.
-                {
-                    let mut out = self.out();
-                    out.queue.clear();
-                    out.queued = 0;
+                let mut out = self.out();
+                if out.kick.is_none() {
+                    self.shared
+                        .metrics
+                        .backpressure_closes
+                        .fetch_add(1, Relaxed);
                 }
-                let frame = CloseFrame::new(code, "outbound queue full");
-                let _ = self.with_core(|core| core.close(Some(frame), Instant::now()));
+                self.shared.metrics.dropped.fetch_add(1, Relaxed);
+                // What a reader that does not read has queued is worth nothing now; the
+                // connection's task replaces it with the close frame.
+                out.discard();
+                out.kick = Some(code);
+                drop(out);
+                self.wake.notify_one();
                 SendOutcome::Closed
             }
+        }
+    }
+
+    /// Sends the close the backpressure policy asked for, if it did. Called by the
+    /// connection's task with no lock held.
+    fn close_if_kicked(&self) {
+        let kick = self.out().kick.take();
+        if let Some(code) = kick {
+            self.close(code, "outbound queue full");
         }
     }
 
@@ -297,8 +334,10 @@ impl Peer {
                 if front.len() <= left {
                     left -= front.len();
                     out.queue.pop_front();
+                    out.front_started = false;
                 } else {
                     *front = front.slice(left..);
+                    out.front_started = true;
                     left = 0;
                 }
             }
@@ -352,7 +391,13 @@ pub(crate) async fn run(
     let ws = Ws::from_peer(peer.clone());
     let room = Room::new(peer.room.clone(), peer.shared.clone());
     let shared = peer.shared.clone();
-    shared.rooms.join(&peer);
+    let new_room = shared.rooms.join(&peer);
+    if let Some(cluster) = &shared.cluster {
+        if new_room {
+            cluster.subscribe(&peer.room);
+        }
+        cluster.join(&peer.room, peer.id);
+    }
     shared.metrics.connections_total.fetch_add(1, Relaxed);
     if !leftover.is_empty() {
         let now = Instant::now();
@@ -401,6 +446,7 @@ async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
         peer.close(CloseCode::GOING_AWAY, "server shutting down");
     }
     loop {
+        peer.close_if_kicked();
         // Everything the core has parsed, in order; replies leave together afterwards.
         peer.set_corked(true);
         loop {
@@ -425,6 +471,7 @@ async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
             }
         }
         peer.set_corked(false);
+        peer.close_if_kicked();
         let hits = peer.core().auto_response_hits();
         peer.shared
             .metrics
@@ -501,7 +548,13 @@ async fn finish(peer: &Arc<Peer>, handler: &dyn DynHandler, ws: &Ws) {
     })
     .await;
     let shared = &peer.shared;
-    shared.rooms.leave(peer);
+    let room_gone = shared.rooms.leave(peer);
+    if let Some(cluster) = &shared.cluster {
+        if room_gone {
+            cluster.unsubscribe(&peer.room);
+        }
+        cluster.leave(&peer.room, peer.id);
+    }
     shared.forget(peer.id);
     let status = peer.core().close_status();
     let (code, reason, initiator, clean) = match &status {

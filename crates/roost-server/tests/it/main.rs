@@ -66,6 +66,15 @@ async fn until_closed(ws: &mut Client) -> Option<roost::CloseFrame> {
     close
 }
 
+/// A raw upgrade request for `path` with the RFC 6455 §1.3 sample key.
+fn upgrade_request(path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 /// Polls `check` until it holds, for at most LIMIT.
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let start = std::time::Instant::now();

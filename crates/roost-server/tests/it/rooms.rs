@@ -84,11 +84,7 @@ async fn the_default_room_key_is_the_path_without_the_query() {
 /// Connects a client that completes the handshake and then never reads.
 async fn sleeping_reader(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp.write_all(&super::upgrade_request(path)).await.unwrap();
     let mut buf = [0u8; 256];
     let n = within(tcp.read(&mut buf)).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
@@ -194,4 +190,59 @@ async fn broadcasts_reach_every_member_compressed_or_not() {
     within(compressed.close(None)).await.unwrap();
     until_closed(&mut compressed).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Regression: a full queue met while the connection's own task held its protocol core (here
+/// through auto-responses to a client that never reads) deadlocked the connection and, with
+/// it, the worker thread. Now the policy closes that connection and everyone else is served.
+#[tokio::test]
+async fn a_flood_of_auto_responses_to_a_reader_that_never_reads_closes_only_it() {
+    let config = ServerConfig {
+        max_outbound: 64 << 10,
+        auto_response: Some(("heartbeat".to_owned(), "alive".to_owned())),
+        ..ServerConfig::default()
+    };
+    let (addr, handle) = start(App::new().ws("/room", Broadcaster).unwrap(), config).await;
+    // A small receive buffer, so the replies back up in the server rather than in the kernel.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut flooder = socket.connect(addr).await.unwrap();
+    flooder
+        .write_all(&super::upgrade_request("/room"))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = within(flooder.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
+    let frame: Vec<u8> = {
+        let key = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | 9, key[0], key[1], key[2], key[3]];
+        frame.extend(b"heartbeat".iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        frame
+    };
+    let burst: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 20_000)
+        .collect();
+    // Bounded: at most 400 bursts (about 120 MB), stopping once the server closes.
+    let writer = tokio::spawn(async move {
+        for _ in 0..400 {
+            if flooder.write_all(&burst).await.is_err() {
+                break;
+            }
+        }
+    });
+    eventually("the flooder was closed by the policy", || {
+        handle
+            .metrics()
+            .render()
+            .contains("roost_backpressure_closes_total 1\n")
+    })
+    .await;
+    let mut fresh = connect(addr, "/room").await;
+    within(fresh.send(Message::text("who"))).await.unwrap();
+    assert!(next_text(&mut fresh).await.ends_with("in /room"));
+    writer.abort();
 }
