@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the repository, installing what it needs on a fresh machine:
 #   formatting and lints, unit and integration tests (cargo nextest), doc tests,
-#   interop tests against Python websockets (pytest), the chat demo in headless Chromium
+#   interop tests against Python websockets (pytest), the hostile-input suite (pytest,
+#   tests/hostile), the chat demo in headless Chromium
 #   (node --test, playwright-core), and the Autobahn TestSuite
 #   through kosoku in both roles, diffed against conformance/autobahn/expected-*.json.
 #
@@ -31,6 +32,10 @@ if [[ ! -x .venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   .venv/bin/pip install -q --disable-pip-version-check -r conformance/requirements.txt
   echo "$want" > "$stamp"
 fi
+if ! command -v redis-server >/dev/null 2>&1; then
+  step "installing redis-server (cluster and Redis store tests)"
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
 if ! command -v chromium >/dev/null 2>&1; then
   step "installing chromium (browser test of the chat demo)"
   apt-get update -qq && apt-get install -y -qq chromium >/dev/null
@@ -59,6 +64,8 @@ step "building release binaries for the peer tests"
 cargo build --release -q -p roost-cli -p roost --example autobahn_client
 step "interop with Python websockets (pytest)"
 .venv/bin/python -m pytest tests/interop -q -p no:cacheprovider
+step "hostile input against roost serve (pytest; results in target/hostile/results.json)"
+.venv/bin/python -m pytest tests/hostile -q -p no:cacheprovider
 step "browser: two people chat in the demo page, one reloads and resumes (headless Chromium)"
 ROOST_BIN=target/release/roost node --test tests/browser/
 

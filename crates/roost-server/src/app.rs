@@ -30,11 +30,12 @@ use tokio::{
 
 use crate::{
     AttachmentError, Metrics, ServerConfig,
+    broker::Cluster,
     handler::{DynHandler, DynHttpHandler, Handler, HttpHandler, not_found},
     peer::{self, Peer},
     resume::{ResumeKey, UsedTokens},
-    room::Rooms,
-    store::{AttachmentStore, ConnectionId, DirStore, MemoryStore},
+    room::{Room, Rooms},
+    store::{AttachmentStore, ConnectionId, DirStore, MemoryStore, redis::RedisStore},
 };
 
 /// A WebSocket route: its handler, how its rooms are keyed, the subprotocols it speaks.
@@ -172,22 +173,25 @@ impl App {
         };
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
-        self.serve_on(socket.listen(4096)?)
+        self.serve_on(socket.listen(4096)?).await
     }
 
-    /// Uses a listener the caller bound.
-    pub fn serve_on(self, listener: TcpListener) -> io::Result<Server> {
-        let (store, resume_key): (Arc<dyn AttachmentStore>, ResumeKey) =
-            match &self.config.durable_dir {
-                Some(dir) => {
-                    let store = DirStore::open(dir).map_err(io::Error::other)?;
-                    let recovery = store.recovery();
-                    tracing::info!(dir = %dir.display(), ?recovery, "durable attachments opened");
-                    let key = ResumeKey::load_or_create(dir).map_err(io::Error::other)?;
-                    (Arc::new(store), key)
-                }
-                None => (Arc::new(MemoryStore::new()), ResumeKey::random()),
-            };
+    /// Uses a listener the caller bound. With a cluster configured, joins it first.
+    pub async fn serve_on(self, listener: TcpListener) -> io::Result<Server> {
+        let (cluster, incoming) = match &self.config.cluster {
+            Some(config) => {
+                let (cluster, incoming) =
+                    Cluster::start(config.clone()).await.map_err(|error| {
+                        io::Error::other(format!(
+                            "cannot join the cluster at {}: {error}",
+                            config.redis_url
+                        ))
+                    })?;
+                (Some(cluster), Some(incoming))
+            }
+            None => (None, None),
+        };
+        let (store, resume_key) = open_store(&self.config)?;
         let (trigger, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             config: self.config,
@@ -201,7 +205,20 @@ impl App {
             open: AtomicUsize::new(0),
             tasks: AtomicUsize::new(0),
             tasks_done: Notify::new(),
+            cluster,
         });
+        if let Some(mut incoming) = incoming {
+            // Messages from the other processes, delivered to this one's members.
+            let shared = Arc::downgrade(&shared);
+            tokio::spawn(async move {
+                while let Some(message) = incoming.recv().await {
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    Room::new(message.room, shared).deliver_local(message.data);
+                }
+            });
+        }
         let app = Arc::new(AppRoutes {
             router: self.router,
             routes: self.routes,
@@ -213,6 +230,26 @@ impl App {
             app,
             trigger: Arc::new(trigger),
         })
+    }
+}
+
+/// The attachment store and resume key: shared through Redis in a cluster, in the durable
+/// directory when there is one, in memory otherwise.
+fn open_store(config: &ServerConfig) -> io::Result<(Arc<dyn AttachmentStore>, ResumeKey)> {
+    if let Some(cluster) = &config.cluster {
+        let store = RedisStore::open(&cluster.redis_url).map_err(io::Error::other)?;
+        let key = store.shared_resume_key().map_err(io::Error::other)?;
+        return Ok((Arc::new(store), key));
+    }
+    match &config.durable_dir {
+        Some(dir) => {
+            let store = DirStore::open(dir).map_err(io::Error::other)?;
+            let recovery = store.recovery();
+            tracing::info!(dir = %dir.display(), ?recovery, "durable attachments opened");
+            let key = ResumeKey::load_or_create(dir).map_err(io::Error::other)?;
+            Ok((Arc::new(store), key))
+        }
+        None => Ok((Arc::new(MemoryStore::new()), ResumeKey::random())),
     }
 }
 
@@ -237,9 +274,49 @@ pub(crate) struct Shared {
     /// Connection tasks running (handshakes included), for the graceful shutdown.
     tasks: AtomicUsize,
     tasks_done: Notify,
+    /// The link to the other processes, when clustered.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 impl Shared {
+    /// The Prometheus text of the server's metrics and, when clustered, the cluster's.
+    fn render_metrics(&self) -> String {
+        let mut text = self.metrics.render();
+        if let Some(cluster) = &self.cluster {
+            let m = &cluster.metrics;
+            for (name, help, value) in [
+                (
+                    "roost_cluster_published_total",
+                    "Broadcasts published to the cluster.",
+                    m.published.load(Relaxed),
+                ),
+                (
+                    "roost_cluster_received_total",
+                    "Broadcasts received from other processes.",
+                    m.received.load(Relaxed),
+                ),
+                (
+                    "roost_cluster_undelivered_total",
+                    "Broadcasts that could not reach the cluster.",
+                    m.undelivered.load(Relaxed),
+                ),
+            ] {
+                text.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+                ));
+            }
+            let ready = u8::from(cluster.ready());
+            text.push_str(&format!(
+                "# HELP roost_cluster_ready Whether the cluster broker is reachable.\n# TYPE roost_cluster_ready gauge\nroost_cluster_ready {ready}\n"
+            ));
+        }
+        text
+    }
+
+    fn ready(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|cluster| cluster.ready())
+    }
+
     pub(crate) fn forget(&self, id: ConnectionId) {
         self.peers
             .lock()
@@ -402,6 +479,9 @@ impl Server {
         }
         drop(listener);
         let _ = trigger.send(true);
+        if let Some(cluster) = &shared.cluster {
+            cluster.depart().await;
+        }
         tracing::info!(
             open = shared.open.load(Relaxed),
             "shutting down: closing every connection with 1001"
@@ -678,6 +758,29 @@ async fn write_and_close(tcp: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
 /// Largest HTTP request body the fallback handler reads.
 const MAX_HTTP_BODY: usize = 1 << 20;
 
+/// `/presence?room=R`: the room's members on every process, as JSON.
+async fn presence(shared: &Arc<Shared>, query: Option<&str>) -> Response<Bytes> {
+    let room = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("room="))
+        .unwrap_or_default();
+    let room = Room::new(room.into(), shared.clone());
+    match room.cluster_members().await {
+        Ok(members) => {
+            let ids: Vec<String> = members.iter().map(ToString::to_string).collect();
+            let body =
+                serde_json::json!({ "room": room.key(), "count": ids.len(), "members": ids });
+            text(StatusCode::OK, body.to_string(), "application/json")
+        }
+        Err(error) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("presence unavailable: {error}\n"),
+            "text/plain",
+        ),
+    }
+}
+
 /// Plain HTTP: hyper serves the request, from the bytes already read on.
 async fn serve_http(shared: &Arc<Shared>, app: &AppRoutes, tcp: TcpStream, read: Bytes) {
     let http = app.http.clone();
@@ -692,10 +795,19 @@ async fn serve_http(shared: &Arc<Shared>, app: &AppRoutes, tcp: TcpStream, read:
                     match request.uri().path() {
                         "/metrics" => text(
                             StatusCode::OK,
-                            shared.metrics.render(),
+                            shared.render_metrics(),
                             "text/plain; version=0.0.4",
                         ),
                         "/healthz" => text(StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+                        "/presence" => presence(&shared, request.uri().query()).await,
+                        "/readyz" if shared.ready() => {
+                            text(StatusCode::OK, "ready\n".to_owned(), "text/plain")
+                        }
+                        "/readyz" => text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: the cluster broker is unreachable\n".to_owned(),
+                            "text/plain",
+                        ),
                         _ => http.call(request).await,
                     }
                 }

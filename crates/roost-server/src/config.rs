@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// A request/response pair every new connection answers in the codec (a heartbeat),
     /// until its handler sets another with [`crate::Ws::set_auto_response`]. Default none.
     pub auto_response: Option<(String, String)>,
+    /// Share rooms, presence and attachments with other roost processes through Redis
+    /// (`--cluster redis://HOST:PORT`). Default none: a single process, the fastest path.
+    pub cluster: Option<crate::ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
             durable_dir: None,
             shutdown_timeout: Duration::from_secs(5),
             auto_response: None,
+            cluster: None,
         }
     }
 }

@@ -22,10 +22,14 @@
 //! - Graceful shutdown on SIGTERM and SIGINT: stop accepting, close every connection with
 //!   1001, keep the attachments for resume.
 //!
+//! - Scale-out ([`ClusterConfig`]): rooms, presence and attachments shared by several
+//!   processes through Redis; broadcasts reach every member on every process.
+//!
 //! What it does not do: TLS (terminate it in front, or use the `roost` crate directly) and
 //! HTTP keep-alive for the plain HTTP handler (each plain request gets its own connection).
 
 mod app;
+mod broker;
 mod config;
 mod handler;
 mod metrics;
@@ -36,6 +40,7 @@ pub mod store;
 mod ws;
 
 pub use app::{App, RouteError, Server, ServerHandle, WsRoute};
+pub use broker::{ClusterConfig, ClusterError, RemoteDelivery};
 pub use config::{BackpressurePolicy, ServerConfig};
 pub use handler::{Data, Disconnect, Handler, HttpHandler};
 /// The `http` crate, whose `Uri`, `Request` and `Response` appear in this API.

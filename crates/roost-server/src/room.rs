@@ -26,7 +26,10 @@ use roost::{
     proto::{DeflateParams, deflate::DeflateCodec, frame::encode_frame},
 };
 
-use crate::{Data, SendOutcome, Ws, app::Shared, peer::Peer};
+use crate::{
+    ClusterError, Data, RemoteDelivery, SendOutcome, Ws, app::Shared, peer::Peer,
+    store::ConnectionId,
+};
 
 /// The registry of rooms and their members.
 #[derive(Default)]
@@ -35,22 +38,26 @@ pub(crate) struct Rooms {
 }
 
 impl Rooms {
-    pub(crate) fn join(&self, peer: &Arc<Peer>) {
+    /// Adds `peer` to its room; returns true when the room is new.
+    pub(crate) fn join(&self, peer: &Arc<Peer>) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-        rooms
-            .entry(peer.room.clone())
-            .or_default()
-            .push(peer.clone());
+        let members = rooms.entry(peer.room.clone()).or_default();
+        members.push(peer.clone());
+        members.len() == 1
     }
 
-    pub(crate) fn leave(&self, peer: &Arc<Peer>) {
+    /// Removes `peer` from its room; returns true when the room is now gone.
+    pub(crate) fn leave(&self, peer: &Arc<Peer>) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(members) = rooms.get_mut(&peer.room) {
-            members.retain(|member| !Arc::ptr_eq(member, peer));
-            if members.is_empty() {
-                rooms.remove(&peer.room);
-            }
+        let Some(members) = rooms.get_mut(&peer.room) else {
+            return false;
+        };
+        members.retain(|member| !Arc::ptr_eq(member, peer));
+        let empty = members.is_empty();
+        if empty {
+            rooms.remove(&peer.room);
         }
+        empty
     }
 
     fn members(&self, key: &str) -> Vec<Arc<Peer>> {
@@ -74,6 +81,8 @@ pub struct BroadcastReport {
     pub dropped: usize,
     /// Not sent: the member was closing.
     pub closed: usize,
+    /// In a cluster, what happened to the copy for the other processes; `None` alone.
+    pub remote: Option<RemoteDelivery>,
 }
 
 /// A room: a key and the connections that share it.
@@ -121,17 +130,37 @@ impl Room {
         self.len() == 0
     }
 
-    /// Sends `data` to every member, encoding (and compressing) it once.
+    /// Sends `data` to every member, encoding (and compressing) it once; in a cluster, to the
+    /// members on every other process too.
     pub fn broadcast(&self, data: impl Into<Data>) -> BroadcastReport {
-        self.broadcast_filtered(data.into(), None)
+        self.broadcast_filtered(data.into(), None, true)
     }
 
     /// Sends `data` to every member except `except`.
     pub fn broadcast_except(&self, except: &Ws, data: impl Into<Data>) -> BroadcastReport {
-        self.broadcast_filtered(data.into(), Some(except))
+        self.broadcast_filtered(data.into(), Some(except), true)
     }
 
-    fn broadcast_filtered(&self, data: Data, except: Option<&Ws>) -> BroadcastReport {
+    /// The room's members on every process of the cluster (the local ones alone without a
+    /// cluster). Members of a process that died vanish within the presence period.
+    pub async fn cluster_members(&self) -> Result<Vec<ConnectionId>, ClusterError> {
+        match &self.shared.cluster {
+            Some(cluster) => cluster.members(&self.key).await,
+            None => Ok(self.websockets().iter().map(Ws::id).collect()),
+        }
+    }
+
+    /// Delivers a message from another process to the local members only.
+    pub(crate) fn deliver_local(&self, data: Data) -> BroadcastReport {
+        self.broadcast_filtered(data, None, false)
+    }
+
+    fn broadcast_filtered(
+        &self,
+        data: Data,
+        except: Option<&Ws>,
+        forward: bool,
+    ) -> BroadcastReport {
         let members = self.shared.rooms.members(&self.key);
         let (opcode, payload) = match &data {
             Data::Text(text) => (OpCode::Text, text.as_bytes().clone()),
@@ -156,6 +185,9 @@ impl Room {
                 SendOutcome::Dropped => report.dropped += 1,
                 SendOutcome::Closed => report.closed += 1,
             }
+        }
+        if forward && let Some(cluster) = &self.shared.cluster {
+            report.remote = Some(cluster.forward(&self.key, &data));
         }
         let metrics = &self.shared.metrics;
         metrics.broadcasts.fetch_add(1, Relaxed);

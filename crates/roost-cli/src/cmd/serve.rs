@@ -38,6 +38,13 @@ pub(crate) struct Args {
     /// Allowed Origin (chat, repeatable); others get 403. Default: any origin.
     #[arg(long = "allow-origin")]
     allowed_origins: Vec<String>,
+    /// Share rooms, presence and attachments with other roost processes through this Redis
+    /// server (chat, bench): `redis://HOST:PORT`.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// With --cluster: seconds after which the members of a vanished process leave presence.
+    #[arg(long, default_value_t = 6.0)]
+    presence_ttl: f64,
 }
 
 /// The applications `roost serve` can run.
@@ -172,8 +179,18 @@ async fn run_server_app(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         allowed_origins: args.allowed_origins.clone(),
         durable_dir: args.durable.clone(),
+        cluster: args
+            .cluster
+            .as_ref()
+            .map(|url| roost_server::ClusterConfig {
+                presence_ttl: std::time::Duration::from_secs_f64(args.presence_ttl.max(0.3)),
+                ..roost_server::ClusterConfig::new(url)
+            }),
         ..defaults
     };
+    if args.cluster.is_some() && args.durable.is_some() {
+        anyhow::bail!("--cluster keeps attachments in Redis; drop --durable");
+    }
     let app = match args.app {
         App::Chat => crate::apps::chat::app()?,
         App::Bench => crate::apps::bench::app()?,

@@ -22,6 +22,7 @@ use thiserror::Error;
 
 mod dir;
 mod memory;
+pub mod redis;
 
 pub use dir::{DirStore, Recovery};
 pub use memory::MemoryStore;
@@ -215,6 +216,26 @@ pub enum StoreError {
     ReadOnly {
         /// The store's directory.
         path: PathBuf,
+    },
+    /// A Redis operation of a [`RedisStore`](redis::RedisStore) failed, Redis could not be
+    /// reached, or its URL is malformed; `source` holds the Redis client's error.
+    #[error("could not {action} redis at {url}")]
+    Redis {
+        /// What was being done, such as "store an attachment in".
+        action: &'static str,
+        /// The Redis URL, with any password masked.
+        url: String,
+        /// The underlying error.
+        #[source]
+        source: ::redis::RedisError,
+    },
+    /// The cluster's resume key stored in Redis is not 32 bytes long.
+    #[error("resume key in redis at {url} holds {len} bytes, expected 32")]
+    ResumeKeyLength {
+        /// The Redis URL, with any password masked.
+        url: String,
+        /// How many bytes it holds.
+        len: usize,
     },
 }
 

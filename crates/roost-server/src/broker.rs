@@ -1,0 +1,396 @@
+//! Scale-out: rooms shared by several roost processes through Redis.
+//!
+//! # Theory of operation
+//!
+//! Every process (a *node*) keeps its rooms as before and adds three Redis-backed duties:
+//!
+//! - **Fan-out.** A broadcast is delivered to the local members at once and handed to one
+//!   publisher task, which `PUBLISH`es it on `roost:room:<room>`, in order, over one
+//!   connection; Redis keeps one connection's order, so one publisher's messages arrive in
+//!   the order sent. A node subscribes to a room's channel only while the room has local
+//!   members, skips the messages it published itself, and delivers the others to its local
+//!   members, encoding each frame once.
+//! - **Presence.** Each connection is a field of the hash `roost:presence:<room>` naming its
+//!   node, and each node refreshes `roost:node:<node>` with a time to live. A node that dies
+//!   stops refreshing; once its key expires its members no longer count, so they disappear
+//!   from presence within [`ClusterConfig::presence_ttl`].
+//! - **Readiness.** Redis restarting or out of reach never stops a node: local rooms keep
+//!   working, the subscription comes back by itself (resubscribing every room), `/readyz`
+//!   answers 503 meanwhile, and what could not be published is counted
+//!   (`roost_cluster_undelivered_total`) and reported by [`crate::BroadcastReport::remote`].
+//!
+//! Attachments and resume tokens work across nodes through the Redis attachment store
+//! ([`crate::store::redis`]), whose atomic adopt keeps a token usable once cluster-wide.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::{AsyncCommands, aio::ConnectionManager};
+use tokio::sync::mpsc;
+
+use crate::{Data, store::ConnectionId};
+
+/// How a server joins a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The Redis server every node uses, `redis://HOST:PORT`.
+    pub redis_url: String,
+    /// How long a node's presence outlives its last heartbeat (heartbeats go out three times
+    /// per period). Default 6 s: the members of a crashed process vanish within it.
+    pub presence_ttl: Duration,
+    /// Broadcasts waiting for Redis before new ones are counted undelivered. Default 100,000.
+    pub max_pending: usize,
+}
+
+impl ClusterConfig {
+    /// A cluster on `redis_url` with the default timings.
+    pub fn new(redis_url: impl Into<String>) -> Self {
+        ClusterConfig {
+            redis_url: redis_url.into(),
+            presence_ttl: Duration::from_secs(6),
+            max_pending: 100_000,
+        }
+    }
+}
+
+/// The cluster could not be reached or answered wrongly.
+#[derive(Debug, thiserror::Error)]
+#[error("cluster broker error: {0}")]
+pub struct ClusterError(#[from] redis::RedisError);
+
+/// What happened to the copy of a broadcast meant for the other nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteDelivery {
+    /// Queued for publishing, in order.
+    Queued,
+    /// Not sent: too many broadcasts are waiting for Redis. Counted as undelivered.
+    Dropped,
+}
+
+enum Control {
+    Subscribe(Arc<str>),
+    Unsubscribe(Arc<str>),
+}
+
+/// A message from another node, for the local members of `room`.
+pub(crate) struct Incoming {
+    pub(crate) room: Arc<str>,
+    pub(crate) data: Data,
+}
+
+/// Counters of the cluster's work.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterMetrics {
+    pub(crate) published: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) undelivered: AtomicU64,
+}
+
+/// This node's link to the cluster.
+pub(crate) struct Cluster {
+    node: String,
+    config: ClusterConfig,
+    commands: ConnectionManager,
+    publish: mpsc::Sender<(Arc<str>, Bytes)>,
+    control: mpsc::UnboundedSender<Control>,
+    subscribed: Mutex<HashSet<Arc<str>>>,
+    ready: AtomicBool,
+    pub(crate) metrics: ClusterMetrics,
+}
+
+fn channel(room: &str) -> String {
+    format!("roost:room:{room}")
+}
+
+fn presence_key(room: &str) -> String {
+    format!("roost:presence:{room}")
+}
+
+fn node_key(node: &str) -> String {
+    format!("roost:node:{node}")
+}
+
+impl Cluster {
+    /// Connects to Redis and starts the publisher, subscriber and heartbeat tasks. Messages
+    /// from other nodes come out of the returned receiver.
+    pub(crate) async fn start(
+        config: ClusterConfig,
+    ) -> Result<(Arc<Cluster>, mpsc::UnboundedReceiver<Incoming>), ClusterError> {
+        let client = redis::Client::open(config.redis_url.as_str())?;
+        let commands = ConnectionManager::new(client.clone()).await?;
+        let node = ConnectionId::random().to_string();
+        let (publish, publish_rx) = mpsc::channel(config.max_pending.max(1));
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (incoming, incoming_rx) = mpsc::unbounded_channel();
+        let cluster = Arc::new(Cluster {
+            node,
+            config,
+            commands,
+            publish,
+            control,
+            subscribed: Mutex::new(HashSet::new()),
+            ready: AtomicBool::new(false),
+            metrics: ClusterMetrics::default(),
+        });
+        cluster.heartbeat_once().await?;
+        tokio::spawn(publisher(Arc::downgrade(&cluster), publish_rx));
+        tokio::spawn(subscriber(
+            Arc::downgrade(&cluster),
+            client,
+            control_rx,
+            incoming,
+        ));
+        tokio::spawn(heartbeat(Arc::downgrade(&cluster)));
+        tracing::info!(node = %cluster.node, url = %cluster.config.redis_url, "joined the cluster");
+        Ok((cluster, incoming_rx))
+    }
+
+    /// Whether the subscription to Redis is up.
+    pub(crate) fn ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
+    /// Hands a broadcast to the publisher for the other nodes.
+    pub(crate) fn forward(&self, room: &Arc<str>, data: &Data) -> RemoteDelivery {
+        let mut wire = Vec::with_capacity(self.node.len() + 2 + data.as_bytes().len());
+        wire.extend_from_slice(self.node.as_bytes());
+        wire.push(b'\n');
+        wire.push(if matches!(data, Data::Text(_)) {
+            b't'
+        } else {
+            b'b'
+        });
+        wire.extend_from_slice(data.as_bytes());
+        match self.publish.try_send((room.clone(), Bytes::from(wire))) {
+            Ok(()) => RemoteDelivery::Queued,
+            Err(_) => {
+                self.metrics.undelivered.fetch_add(1, Relaxed);
+                RemoteDelivery::Dropped
+            }
+        }
+    }
+
+    /// The room got its first local member: receive its messages from other nodes.
+    pub(crate) fn subscribe(&self, room: &Arc<str>) {
+        self.subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(room.clone());
+        let _ = self.control.send(Control::Subscribe(room.clone()));
+    }
+
+    /// The room lost its last local member.
+    pub(crate) fn unsubscribe(&self, room: &Arc<str>) {
+        self.subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room);
+        let _ = self.control.send(Control::Unsubscribe(room.clone()));
+    }
+
+    /// Records a connection in the room's cluster-wide presence (in the background).
+    pub(crate) fn join(&self, room: &str, id: ConnectionId) {
+        let (mut commands, key, node) =
+            (self.commands.clone(), presence_key(room), self.node.clone());
+        tokio::spawn(async move {
+            let _: Result<(), _> = commands.hset(key, id.to_string(), node).await;
+        });
+    }
+
+    /// Removes a connection from the room's presence (in the background).
+    pub(crate) fn leave(&self, room: &str, id: ConnectionId) {
+        let (mut commands, key) = (self.commands.clone(), presence_key(room));
+        tokio::spawn(async move {
+            let _: Result<(), _> = commands.hdel(key, id.to_string()).await;
+        });
+    }
+
+    /// The room's members on every live node; entries of dead nodes are removed.
+    pub(crate) async fn members(&self, room: &str) -> Result<Vec<ConnectionId>, ClusterError> {
+        let mut commands = self.commands.clone();
+        let key = presence_key(room);
+        let entries: Vec<(String, String)> = commands.hgetall(&key).await?;
+        let nodes: HashSet<&str> = entries.iter().map(|(_, node)| node.as_str()).collect();
+        let mut alive = HashSet::new();
+        for node in nodes {
+            let exists: bool = commands.exists(node_key(node)).await?;
+            if exists {
+                alive.insert(node.to_owned());
+            }
+        }
+        let mut members = Vec::new();
+        for (id, node) in entries {
+            if alive.contains(&node) {
+                if let Ok(id) = id.parse() {
+                    members.push(id);
+                }
+            } else {
+                let _: Result<(), _> = commands.hdel(&key, &id).await;
+            }
+        }
+        Ok(members)
+    }
+
+    async fn heartbeat_once(&self) -> Result<(), ClusterError> {
+        let mut commands = self.commands.clone();
+        let ttl = self.config.presence_ttl.as_millis().max(1) as u64;
+        let () = redis::cmd("SET")
+            .arg(node_key(&self.node))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl)
+            .query_async(&mut commands)
+            .await?;
+        Ok(())
+    }
+
+    /// Leaves the cluster at a graceful shutdown: this node's presence ends at once.
+    pub(crate) async fn depart(&self) {
+        let mut commands = self.commands.clone();
+        let _: Result<(), _> = commands.del(node_key(&self.node)).await;
+    }
+}
+
+/// Publishes broadcasts in order; a message Redis cannot take is retried for a short while,
+/// then counted undelivered so later ones are not held up forever.
+async fn publisher(
+    cluster: std::sync::Weak<Cluster>,
+    mut queue: mpsc::Receiver<(Arc<str>, Bytes)>,
+) {
+    while let Some((room, wire)) = queue.recv().await {
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        let mut commands = cluster.commands.clone();
+        let mut delivered = false;
+        for attempt in 0..20u64 {
+            let result: Result<i64, _> = commands.publish(channel(&room), wire.as_ref()).await;
+            if result.is_ok() {
+                delivered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50 + attempt * 50)).await;
+        }
+        let counter = if delivered {
+            &cluster.metrics.published
+        } else {
+            &cluster.metrics.undelivered
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+/// Keeps one pub/sub connection subscribed to the rooms with local members, reconnecting
+/// and resubscribing whenever Redis goes away.
+async fn subscriber(
+    cluster: std::sync::Weak<Cluster>,
+    client: redis::Client,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    incoming: mpsc::UnboundedSender<Incoming>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(node) = cluster.upgrade().map(|c| c.node.clone()) else {
+            return;
+        };
+        let pubsub = match client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(error) => {
+                tracing::warn!(%error, "cluster subscription lost; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let rooms: Vec<Arc<str>> = match cluster.upgrade() {
+            Some(c) => c
+                .subscribed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+            None => return,
+        };
+        let mut healthy = true;
+        for room in &rooms {
+            healthy &= sink.subscribe(channel(room)).await.is_ok();
+        }
+        if !healthy {
+            continue;
+        }
+        if let Some(c) = cluster.upgrade() {
+            c.ready.store(true, Relaxed);
+            tracing::info!(rooms = rooms.len(), "cluster subscription up");
+        }
+        backoff = Duration::from_millis(50);
+        loop {
+            tokio::select! {
+                command = control.recv() => {
+                    let result = match command {
+                        Some(Control::Subscribe(room)) => sink.subscribe(channel(&room)).await,
+                        Some(Control::Unsubscribe(room)) => sink.unsubscribe(channel(&room)).await,
+                        None => return,
+                    };
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                message = stream.next() => {
+                    let Some(message) = message else { break };
+                    let Some(room) = message.get_channel_name().strip_prefix("roost:room:") else {
+                        continue;
+                    };
+                    let payload = message.get_payload_bytes();
+                    let Some(newline) = payload.iter().position(|b| *b == b'\n') else { continue };
+                    if &payload[..newline] == node.as_bytes() {
+                        continue; // our own broadcast, already delivered locally
+                    }
+                    let (kind, body) = match payload.get(newline + 1..) {
+                        Some([kind, body @ ..]) => (*kind, body),
+                        _ => continue,
+                    };
+                    let data = match kind {
+                        b't' => match roost::Utf8Bytes::try_from(Bytes::copy_from_slice(body)) {
+                            Ok(text) => Data::Text(text),
+                            Err(_) => continue,
+                        },
+                        _ => Data::Binary(Bytes::copy_from_slice(body)),
+                    };
+                    if let Some(c) = cluster.upgrade() {
+                        c.metrics.received.fetch_add(1, Relaxed);
+                    }
+                    if incoming.send(Incoming { room: room.into(), data }).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(c) = cluster.upgrade() {
+            c.ready.store(false, Relaxed);
+        }
+        tracing::warn!("cluster subscription lost; reconnecting");
+    }
+}
+
+/// Refreshes this node's liveness key three times per presence period.
+async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let period = c.config.presence_ttl / 3;
+        if let Err(error) = c.heartbeat_once().await {
+            tracing::warn!(%error, "cluster heartbeat failed");
+        }
+        drop(c);
+        tokio::time::sleep(period).await;
+    }
+}
