@@ -5,105 +5,20 @@
 
 use std::{
     collections::BTreeSet,
-    net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use roost::{CloseCode, Message};
 
-const LIMIT: Duration = Duration::from_secs(10);
+mod common;
 
-async fn within<F: std::future::Future>(future: F) -> F::Output {
-    tokio::time::timeout(LIMIT, future)
-        .await
-        .expect("the test step did not finish in time")
-}
+use common::{LIMIT, Server, join, next_text, within};
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the chat server on port 0 and reads the address it actually bound from its log:
-/// no port is picked in advance, so parallel tests can never meet on one port.
-async fn serve_chat(dir: &Path) -> Server {
-    use std::io::BufRead as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roost"))
-        .args([
-            "serve",
-            "--app",
-            "chat",
-            "--listen",
-            "127.0.0.1:0",
-            "--durable",
-        ])
-        .arg(dir)
-        .env("ROOST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (found, addr) = std::sync::mpsc::channel();
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(rest) = line.split("listening on ws://").nth(1) {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = found.send(addr);
-            }
-        }
-    });
-    let addr = addr
-        .recv_timeout(LIMIT)
-        .expect("the server did not report its address");
-    let addr = addr
-        .parse()
-        .unwrap_or_else(|_| panic!("bad address in the log: {addr:?}"));
-    Server { child, addr }
-}
-
-type Client = roost::WebSocket<roost::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_text(ws: &mut Client) -> String {
-    loop {
-        match within(ws.recv()).await {
-            Some(Ok(Message::Text(text))) => return text.to_string(),
-            Some(Ok(_)) => {}
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
-}
-
-/// Joins `room` as `name`; returns the connection and its resume token.
-async fn join(addr: SocketAddr, room: &str, name: &str) -> (Client, String) {
-    let (mut ws, _) = within(roost::connect(&format!("ws://{addr}/chat/{room}")))
-        .await
-        .unwrap();
-    within(ws.send(Message::text(name))).await.unwrap();
-    assert_eq!(next_text(&mut ws).await, format!("hello {name}"));
-    let token = next_text(&mut ws)
-        .await
-        .strip_prefix("resume ")
-        .unwrap()
-        .to_owned();
-    (ws, token)
+fn serve_chat(dir: &Path) -> Server {
+    let dir = dir.to_str().unwrap();
+    common::serve(&["--app", "chat", "--durable", dir])
 }
 
 fn attachment_ids(dir: &Path) -> BTreeSet<String> {
@@ -117,7 +32,7 @@ fn attachment_ids(dir: &Path) -> BTreeSet<String> {
 #[tokio::test]
 async fn every_acknowledged_attachment_survives_kill_9_and_resumes_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve_chat(dir.path()).await;
+    let server = serve_chat(dir.path());
     let mut clients = Vec::new();
     for i in 0..20 {
         // `hello` is only sent once the name is on disk: each of these is acknowledged.
@@ -129,7 +44,7 @@ async fn every_acknowledged_attachment_survives_kill_9_and_resumes_once() {
     let before = attachment_ids(dir.path());
     assert_eq!(before.len(), 20);
     drop(server); // SIGKILL: no chance to clean up or flush anything
-    let server = serve_chat(dir.path()).await;
+    let server = serve_chat(dir.path());
     for (name, (_old, token)) in &clients {
         let url = format!("ws://{}/chat/crash?resume={token}", server.addr);
         let (mut ws, _) = within(roost::connect(&url)).await.unwrap();
@@ -159,7 +74,7 @@ async fn every_acknowledged_attachment_survives_kill_9_and_resumes_once() {
 #[tokio::test]
 async fn sigterm_closes_with_1001_keeps_files_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = serve_chat(dir.path()).await;
+    let mut server = serve_chat(dir.path());
     let (mut ws, token) = join(server.addr, "lobby", "grace").await;
     let status = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
@@ -189,7 +104,7 @@ async fn sigterm_closes_with_1001_keeps_files_and_exits_0() {
         1,
         "the graceful shutdown kept the attachment"
     );
-    let server = serve_chat(dir.path()).await;
+    let server = serve_chat(dir.path());
     let url = format!("ws://{}/chat/lobby?resume={token}", server.addr);
     let (mut ws, _) = within(roost::connect(&url)).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "welcome back grace");
@@ -207,7 +122,7 @@ fn roost(args: &[&str], dir: &Path) -> std::process::Output {
 #[tokio::test]
 async fn operators_list_show_and_collect_attachments() {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve_chat(dir.path()).await;
+    let server = serve_chat(dir.path());
     let (_ws, _) = join(server.addr, "ops", "operator-visible").await;
     let listed = roost(&["attachments", "list"], dir.path());
     assert!(listed.status.success());
