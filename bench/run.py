@@ -109,6 +109,7 @@ def dig(report: dict, path: str):
 @dataclass
 class Result:
     values: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -141,6 +142,54 @@ def run_once(stack: str, scenario: Scenario, duration: int, warmup: int) -> floa
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def cluster_broadcast(duration: int, warmup: int, runs: int) -> dict[str, Result]:
+    """roost broadcast within one process and across two processes sharing a Redis."""
+    redis_bin = shutil.which("redis-server")
+    results = {"one process": Result(), "across two processes (Redis)": Result()}
+    if not redis_bin:
+        for result in results.values():
+            result.error = "redis-server not installed"
+        return results
+    redis_addr = free_addr()
+    redis = subprocess.Popen([redis_bin, "--port", redis_addr.rsplit(":", 1)[1], "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nodes = []
+    try:
+        if not wait_for(redis_addr, time.monotonic() + 10):
+            raise RuntimeError("redis-server did not start")
+        addrs = [free_addr(), free_addr()]
+        for addr in addrs:
+            nodes.append(subprocess.Popen(
+                pin(0, [str(ROOST), "serve", "--app", "bench", "--listen", addr,
+                        "--cluster", f"redis://{redis_addr}"]),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for addr in addrs:
+            if not wait_for(addr, time.monotonic() + 20):
+                raise RuntimeError("a roost node did not start")
+        for label, extra in [("one process", []),
+                             ("across two processes (Redis)", ["--publish-url", f"ws://{addrs[1]}/"])]:
+            for _ in range(runs):
+                load = pin(1, [str(ROOST), "bench", "broadcast", "-n", "1000", "-s", "64",
+                               "--url", f"ws://{addrs[0]}/", *extra, "--duration", str(duration),
+                               "--warmup", str(warmup), "--json"])
+                done = subprocess.run(load, capture_output=True, text=True, timeout=duration + warmup + 120)
+                if done.returncode != 0:
+                    results[label].error = (done.stderr.strip().splitlines() or ["failed"])[-1]
+                    continue
+                report = json.loads(done.stdout.strip().splitlines()[-1])
+                results[label].values.append(float(report["deliveries_per_s"]))
+                results[label].latencies.append(float(report["delivery_latency"]["p99_us"]))
+    finally:
+        for process in nodes + [redis]:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return results
 
 
 def machine() -> str:
@@ -176,6 +225,22 @@ def chart(scenario: Scenario, results: dict[str, Result]) -> str:
             f'role="img" aria-label="{scenario.title}">{"".join(bars)}</svg>')
 
 
+def render_cluster(results: dict[str, Result]) -> list[str]:
+    out = ["## Broadcast across processes (roost, 1,000 subscribers, 64 B, maximum rate)", "",
+           "Subscribers on one process; the publisher on the same process, then on a second "
+           "process sharing the room through Redis (`roost serve --cluster`).", "",
+           "| where the publisher is | deliveries/s | p99 delivery latency (us) | runs |",
+           "| --- | --- | --- | --- |"]
+    for label, result in results.items():
+        if result.median is None:
+            out.append(f"| {label} | - | - | {result.error or 'no result'} |")
+            continue
+        latency = statistics.median(result.latencies) if result.latencies else float("nan")
+        runs = ", ".join(f"{v:,.0f}" for v in result.values)
+        out.append(f"| {label} | {result.median:,.0f} | {latency:,.0f} | {runs} |")
+    return out + [""]
+
+
 def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
     out = ["# Performance", "",
            "Measured by `python3 bench/run.py` (this file is its output; do not edit by hand).",
@@ -201,6 +266,8 @@ def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
             runs = ", ".join(f"{v:,.1f}" for v in result.values)
             out.append(f"| {stack} | {result.median:,.1f} | {ratio:.2f} | {runs} |")
         out += ["", chart(scenario, rows), ""]
+    if "cluster" in results:
+        out += render_cluster(results["cluster"])
     return "\n".join(out) + "\n"
 
 
@@ -245,6 +312,11 @@ def main() -> int:
             results[scenario.name][stack] = result
             shown = f"{result.median:,.1f}" if result.median is not None else result.error
             print(f"{scenario.name:>10} {stack:>18}: {shown}", flush=True)
+    if not only or "cluster" in only:
+        results["cluster"] = cluster_broadcast(args.duration, args.warmup, args.runs)
+        for label, result in results["cluster"].items():
+            shown = f"{result.median:,.1f}" if result.median is not None else result.error
+            print(f"   cluster {label:>30}: {shown}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(results, args, started))
     print(f"wrote {args.out}")

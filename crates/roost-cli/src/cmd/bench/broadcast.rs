@@ -40,6 +40,10 @@ pub(crate) struct BroadcastArgs {
     /// The room's name: connections go to /room/<room>.
     #[arg(long, default_value = "bench")]
     room: String,
+    /// Connect the publishers to this server instead (another process of a cluster): the
+    /// deliveries then cross processes.
+    #[arg(long)]
+    publish_url: Option<String>,
 }
 
 pub(crate) async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
@@ -82,11 +86,22 @@ pub(crate) async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
             latency
         }));
     }
+    let publish_url = match &args.publish_url {
+        Some(other) => super::with_path(other, &format!("/room/{}", args.room))?,
+        None => url.clone(),
+    };
+    let publish_target = args.common.target_of(&publish_url)?;
     let per_publisher_gap =
         (args.rate > 0).then(|| Duration::from_secs_f64(args.publishers as f64 / args.rate as f64));
     let mut publishers = Vec::new();
     for p in 0..args.publishers {
-        let ws = open(&target, &url, args.subscribers + p, args.common.sources).await?;
+        let ws = open(
+            &publish_target,
+            &publish_url,
+            args.subscribers + p,
+            args.common.sources,
+        )
+        .await?;
         let (mut writer, mut reader) = ws.split();
         // Publishers are members too: drain what the others publish.
         tokio::spawn(async move { while let Some(Ok(_)) = reader.next().await {} });
@@ -159,6 +174,7 @@ pub(crate) async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         &serde_json::json!({
             "mode": "broadcast",
             "url": url,
+            "publish_url": publish_url,
             "subscribers": args.subscribers,
             "publishers": args.publishers,
             "size": args.size,

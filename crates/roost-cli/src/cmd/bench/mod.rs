@@ -84,13 +84,18 @@ pub(crate) struct Target {
 
 impl Common {
     fn target(&self) -> anyhow::Result<Target> {
-        let uri: http::Uri = self.url.parse().context("parsing --url")?;
-        anyhow::ensure!(uri.scheme_str() == Some("ws"), "--url must be ws://");
+        self.target_of(&self.url)
+    }
+
+    /// The server behind any ws:// URL, with this run's client settings.
+    fn target_of(&self, url: &str) -> anyhow::Result<Target> {
+        let uri: http::Uri = url.parse().with_context(|| format!("parsing {url:?}"))?;
+        anyhow::ensure!(uri.scheme_str() == Some("ws"), "{url:?} must be ws://");
         let host: IpAddr = uri
             .host()
-            .context("--url has no host")?
+            .context("the URL has no host")?
             .parse()
-            .context("--url host must be an IP address")?;
+            .context("the URL's host must be an IP address")?;
         let server = SocketAddr::new(host, uri.port_u16().unwrap_or(80));
         let deflate = if self.deflate {
             roost::DeflateConfig::default()
@@ -107,12 +112,17 @@ impl Common {
 
     /// The URL with `path` instead of the one given.
     fn url_with_path(&self, path: &str) -> anyhow::Result<String> {
-        let uri: http::Uri = self.url.parse()?;
-        Ok(format!(
-            "ws://{}{path}",
-            uri.authority().context("--url has no authority")?
-        ))
+        with_path(&self.url, path)
     }
+}
+
+/// `url` with its path replaced by `path`.
+fn with_path(url: &str, path: &str) -> anyhow::Result<String> {
+    let uri: http::Uri = url.parse()?;
+    Ok(format!(
+        "ws://{}{path}",
+        uri.authority().context("the URL has no authority")?
+    ))
 }
 
 /// Opens connection number `index` to `url`, from source address 127.0.0.(2 + index % sources).
