@@ -466,6 +466,11 @@ async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
             metrics
                 .bytes_in
                 .fetch_add(data.as_bytes().len() as u64, Relaxed);
+            // Once our close is on its way (the handler said disconnect, the policy or a
+            // shutdown closed it), the handler hears nothing more.
+            if !peer.core().can_send() {
+                continue;
+            }
             if !call_handler(peer, handler.on_message(ws, data, room)).await {
                 break;
             }

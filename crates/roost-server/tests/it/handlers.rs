@@ -103,7 +103,7 @@ async fn the_peers_close_code_and_reason_reach_on_close() {
 
 #[tokio::test]
 async fn a_panic_closes_only_that_connection_with_1011() {
-    let (addr, handle, _) = recording_server().await;
+    let (addr, handle, recorder) = recording_server().await;
     let mut bystander = connect(addr, "/r").await;
     let mut victim = connect(addr, "/r").await;
     within(victim.send(Message::text("panic"))).await.unwrap();
@@ -114,11 +114,22 @@ async fn a_panic_closes_only_that_connection_with_1011() {
         .unwrap();
     assert_eq!(next_text(&mut bystander).await, "still here");
     let mut failing = connect(addr, "/r").await;
-    within(failing.send(Message::text("fail"))).await.unwrap();
+    let before = recorder.messages.load(SeqCst);
+    // Messages right behind the failing one never reach the handler.
+    failing.feed(&Message::text("fail")).unwrap();
+    for _ in 0..5 {
+        failing.feed(&Message::text("after the failure")).unwrap();
+    }
+    within(failing.flush()).await.unwrap();
     let close = until_closed(&mut failing).await.unwrap();
     assert_eq!(
         (close.code.0, close.reason.as_str()),
         (4400, "asked to fail")
+    );
+    assert_eq!(
+        recorder.messages.load(SeqCst) - before,
+        1,
+        "only the failing message was handled"
     );
     assert!(
         handle
