@@ -591,17 +591,6 @@ async fn accept_ws(
             return;
         }
     }
-    let resume_from = match resume_param(request.uri()) {
-        None => None,
-        Some(token) => match check_resume(shared, &token) {
-            Ok(id) => Some(id),
-            Err(why) => {
-                let response = refuse(StatusCode::UNAUTHORIZED, &why);
-                let _ = write_and_close(&mut tcp, &response).await;
-                return;
-            }
-        },
-    };
     let protocols = &route.protocols;
     let accepted = handshake::accept(
         &shared.config.protocol,
@@ -631,6 +620,18 @@ async fn accept_ws(
             let _ = write_and_close(&mut tcp, &rejected.to_bytes()).await;
             return;
         }
+    };
+    // The token is spent only on a handshake that is otherwise accepted.
+    let resume_from = match resume_param(request.uri()) {
+        None => None,
+        Some(token) => match check_resume(shared, &token) {
+            Ok(id) => Some(id),
+            Err(why) => {
+                let response = refuse(StatusCode::UNAUTHORIZED, &why);
+                let _ = write_and_close(&mut tcp, &response).await;
+                return;
+            }
+        },
     };
     let id = ConnectionId::random();
     let mut attachment = None;
