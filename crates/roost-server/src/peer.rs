@@ -111,6 +111,11 @@ pub(crate) struct Peer {
     /// (permessage-deflate with server_no_context_takeover), else `None`.
     pub(crate) compress_class: Option<u8>,
     state: AtomicU8,
+    /// The connection's own task, set when it starts: only its writes are batched.
+    task: std::sync::OnceLock<tokio::task::Id>,
+    /// The own task is working through a batch: its output waits in the core and leaves in
+    /// one piece when the batch ends.
+    batching: std::sync::atomic::AtomicBool,
 }
 
 impl Peer {
@@ -147,6 +152,8 @@ impl Peer {
             resume_token,
             compress_class,
             state: AtomicU8::new(ConnState::Parked as u8),
+            task: std::sync::OnceLock::new(),
+            batching: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -185,14 +192,23 @@ impl Peer {
     pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> (R, SendOutcome) {
         let mut core = self.core();
         let result = f(&mut core);
-        let outcome = if core.pending_output().is_empty() {
+        let pending = core.pending_output().len();
+        let closing = !core.can_send();
+        let outcome = if pending == 0 {
+            SendOutcome::Sent
+        } else if !closing && pending < CORK_LIMIT && self.is_batching() {
+            // Left in the core: the batch's end takes all of it in one piece.
             SendOutcome::Sent
         } else {
             let bytes = core.take_output();
-            let closing = !core.can_send();
             self.push(bytes, closing)
         };
         (result, outcome)
+    }
+
+    /// Whether the caller is the connection's own task, in the middle of a batch.
+    fn is_batching(&self) -> bool {
+        self.batching.load(Relaxed) && tokio::task::try_id() == self.task.get().copied()
     }
 
     /// Writes `bytes` now if nothing is queued, else queues them within the outbound bound.
@@ -204,7 +220,8 @@ impl Peer {
         if out.closed {
             return SendOutcome::Closed;
         }
-        if out.corked && out.queued + bytes.len() > CORK_LIMIT {
+        let corked = out.corked && tokio::task::try_id() == self.task.get().copied();
+        if corked && out.queued + bytes.len() > CORK_LIMIT {
             // A big batch: write what is queued now instead of holding it.
             drop(out);
             let _ = self.flush_ready();
@@ -215,7 +232,7 @@ impl Peer {
         }
         out.closed = closing;
         let mut rest = bytes;
-        if out.queue.is_empty() && (!out.corked || rest.len() > CORK_LIMIT) {
+        if out.queue.is_empty() && (!corked || rest.len() > CORK_LIMIT) {
             match self.socket.try_write(&rest) {
                 Ok(n) if n == rest.len() => {
                     self.shared.metrics.bytes_out.fetch_add(len, Relaxed);
@@ -243,7 +260,6 @@ impl Peer {
         }
         out.queued += rest.len();
         out.queue.push_back(rest);
-        let corked = out.corked;
         drop(out);
         self.shared.metrics.bytes_out.fetch_add(len, Relaxed);
         if corked {
@@ -295,8 +311,17 @@ impl Peer {
         let _ = self.with_core(|core| core.close(Some(frame), Instant::now()));
     }
 
+    /// Starts or ends a batch of the own task's writes. Ending it hands what the batch
+    /// produced to the outbound queue; the caller then flushes.
     fn set_corked(&self, corked: bool) {
-        self.out().corked = corked;
+        if corked {
+            self.out().corked = true;
+            self.batching.store(true, Relaxed);
+        } else {
+            self.batching.store(false, Relaxed);
+            let _ = self.with_core(|_| ());
+            self.out().corked = false;
+        }
     }
 
     fn has_queued(&self) -> bool {
@@ -403,7 +428,10 @@ pub(crate) async fn run(
         let now = Instant::now();
         let _ = peer.with_core(|core| core.receive(&leftover, now));
     }
+    let _ = peer.task.set(tokio::task::id());
+    peer.set_state(ConnState::Live);
     let opened = call_handler(&peer, handler.on_open(&ws, &url)).await;
+    peer.set_state(ConnState::Parked);
     if opened {
         drive(&peer, &*handler, &ws, &room).await;
     }
@@ -417,9 +445,7 @@ async fn call_handler(
     call: impl std::future::Future<Output = Result<(), Disconnect>>,
 ) -> bool {
     use futures_util::FutureExt as _;
-    peer.set_state(ConnState::Live);
     let result = std::panic::AssertUnwindSafe(call).catch_unwind().await;
-    peer.set_state(ConnState::Parked);
     match result {
         Ok(Ok(())) => true,
         Ok(Err(disconnect)) => {
@@ -449,6 +475,7 @@ async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
         peer.close_if_kicked();
         // Everything the core has parsed, in order; replies leave together afterwards.
         peer.set_corked(true);
+        let mut live = false;
         loop {
             let (event, _) = peer.with_core(|core| core.next_event());
             let Some(event) = event else { break };
@@ -471,9 +498,17 @@ async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
             if !peer.core().can_send() {
                 continue;
             }
+            // Live for the batch as a whole: the gauges move once per batch, not per message.
+            if !live {
+                peer.set_state(ConnState::Live);
+                live = true;
+            }
             if !call_handler(peer, handler.on_message(ws, data, room)).await {
                 break;
             }
+        }
+        if live {
+            peer.set_state(ConnState::Parked);
         }
         peer.set_corked(false);
         peer.close_if_kicked();
