@@ -5,25 +5,21 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         Arc, Mutex, Weak,
         atomic::{AtomicUsize, Ordering::Relaxed},
     },
-    task::{Context, Poll},
     time::{Instant, SystemTime},
 };
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use http::{Request, StatusCode, header};
 use roost::proto::{
     Connection,
     handshake::{self, RequestReader},
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::{Notify, watch},
 };
@@ -33,6 +29,7 @@ use crate::{
     broker::Cluster,
     handler::{DynHandler, DynHttpHandler, Handler, HttpHandler, not_found},
     peer::{self, Peer},
+    plain_http::serve_http,
     resume::{ResumeKey, UsedTokens},
     room::{Room, Rooms},
     store::{AttachmentStore, ConnectionId, DirStore, MemoryStore, redis::RedisStore},
@@ -280,7 +277,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The Prometheus text of the server's metrics and, when clustered, the cluster's.
-    fn render_metrics(&self) -> String {
+    pub(crate) fn render_metrics(&self) -> String {
         let mut text = self.metrics.render();
         if let Some(cluster) = &self.cluster {
             let m = &cluster.metrics;
@@ -313,7 +310,7 @@ impl Shared {
         text
     }
 
-    fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.cluster.as_ref().is_none_or(|cluster| cluster.ready())
     }
 
@@ -551,7 +548,7 @@ async fn handle_tcp(task: TaskGuard, app: &AppRoutes, mut tcp: TcpStream, addr: 
             drop((raw, buf, reader));
             accept_ws(task, route, room, tcp, request, leftover).await;
         }
-        _ => serve_http(shared, app, tcp, Bytes::from(raw)).await,
+        _ => serve_http(shared, &app.http, tcp, Bytes::from(raw)).await,
     }
 }
 
@@ -754,130 +751,4 @@ fn simple_response(status: StatusCode, body: &str) -> Vec<u8> {
 async fn write_and_close(tcp: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
     tcp.write_all(bytes).await?;
     tcp.shutdown().await
-}
-
-/// Largest HTTP request body the fallback handler reads.
-const MAX_HTTP_BODY: usize = 1 << 20;
-
-/// `/presence?room=R`: the room's members on every process, as JSON.
-async fn presence(shared: &Arc<Shared>, query: Option<&str>) -> Response<Bytes> {
-    let room = query
-        .unwrap_or_default()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("room="))
-        .unwrap_or_default();
-    let room = Room::new(room.into(), shared.clone());
-    match room.cluster_members().await {
-        Ok(members) => {
-            let ids: Vec<String> = members.iter().map(ToString::to_string).collect();
-            let body =
-                serde_json::json!({ "room": room.key(), "count": ids.len(), "members": ids });
-            text(StatusCode::OK, body.to_string(), "application/json")
-        }
-        Err(error) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("presence unavailable: {error}\n"),
-            "text/plain",
-        ),
-    }
-}
-
-/// Plain HTTP: hyper serves the request, from the bytes already read on.
-async fn serve_http(shared: &Arc<Shared>, app: &AppRoutes, tcp: TcpStream, read: Bytes) {
-    let http = app.http.clone();
-    let shared = shared.clone();
-    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-        let (http, shared) = (http.clone(), shared.clone());
-        async move {
-            let (parts, body) = request.into_parts();
-            let response = match Limited::new(body, MAX_HTTP_BODY).collect().await {
-                Ok(body) => {
-                    let request = Request::from_parts(parts, body.to_bytes());
-                    match request.uri().path() {
-                        "/metrics" => text(
-                            StatusCode::OK,
-                            shared.render_metrics(),
-                            "text/plain; version=0.0.4",
-                        ),
-                        "/healthz" => text(StatusCode::OK, "ok\n".to_owned(), "text/plain"),
-                        "/presence" => presence(&shared, request.uri().query()).await,
-                        "/readyz" if shared.ready() => {
-                            text(StatusCode::OK, "ready\n".to_owned(), "text/plain")
-                        }
-                        "/readyz" => text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: the cluster broker is unreachable\n".to_owned(),
-                            "text/plain",
-                        ),
-                        _ => http.call(request).await,
-                    }
-                }
-                Err(_) => text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body too large\n".to_owned(),
-                    "text/plain",
-                ),
-            };
-            let (parts, body) = response.into_parts();
-            Ok::<_, std::convert::Infallible>(Response::from_parts(parts, Full::new(body)))
-        }
-    });
-    let io = TokioIo::new(Rewind { read, tcp });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .keep_alive(false)
-        .serve_connection(io, service);
-    let _ = tokio::time::timeout(HTTP_TIMEOUT, connection).await;
-}
-
-/// How long one plain HTTP exchange may take before its connection is dropped.
-const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
-    response
-}
-
-/// A TCP stream that first replays bytes already read from it.
-struct Rewind {
-    read: Bytes,
-    tcp: TcpStream,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            let head = self.read.split_to(n);
-            buf.put_slice(&head);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
-    }
 }

@@ -34,6 +34,7 @@ mod config;
 mod handler;
 mod metrics;
 mod peer;
+mod plain_http;
 pub mod resume;
 mod room;
 pub mod store;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
-use crate::{DeflateParams, config::Limits};
+use crate::{DeflateParams, UsageError, config::Limits, mask::apply_mask};
 
 fn fixed_masks() -> impl MaskSource {
     let mut next = 0u8;

@@ -1,0 +1,202 @@
+//! The write side of [`Connection`]: messages, control frames, the frame-level API and the
+//! output buffer.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{CloseInitiator, Connection, Role, WriteState};
+use crate::{
+    close::{CloseFrame, ClosePayloadError, MAX_CLOSE_REASON, parse_close_payload},
+    error::UsageError,
+    frame::{Frame, MAX_CONTROL_PAYLOAD, OpCode, encode_frame},
+    message::Message,
+    utf8::Utf8Validator,
+};
+
+impl Connection {
+    /// Queues a text message (compressed when negotiated and large enough).
+    pub fn send_text(&mut self, text: &str) -> Result<(), UsageError> {
+        self.send_data(OpCode::Text, text.as_bytes())
+    }
+
+    /// Queues a binary message (compressed when negotiated and large enough).
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), UsageError> {
+        self.send_data(OpCode::Binary, data)
+    }
+
+    /// Queues any message: data, ping, pong or close.
+    pub fn send(&mut self, message: &Message, now: Instant) -> Result<(), UsageError> {
+        match message {
+            Message::Text(text) => self.send_text(text),
+            Message::Binary(data) => self.send_binary(data),
+            Message::Ping(payload) => self.send_ping(payload),
+            Message::Pong(payload) => self.send_pong(payload),
+            Message::Close(frame) => self.close(frame.clone(), now),
+            Message::Frame(frame) => self.send_frame(frame, now),
+        }
+    }
+
+    /// Queues a ping; its payload is at most 125 bytes.
+    pub fn send_ping(&mut self, payload: &[u8]) -> Result<(), UsageError> {
+        self.send_control(OpCode::Ping, payload)
+    }
+
+    /// Queues an unsolicited pong (a heartbeat); at most 125 bytes.
+    pub fn send_pong(&mut self, payload: &[u8]) -> Result<(), UsageError> {
+        self.send_control(OpCode::Pong, payload)
+    }
+
+    /// Starts the close handshake (or answers nothing if our close was already sent).
+    ///
+    /// `None` sends a close frame without a status code. The code must be sendable
+    /// (RFC 6455 §7.4) and the reason at most 123 bytes.
+    pub fn close(&mut self, frame: Option<CloseFrame>, now: Instant) -> Result<(), UsageError> {
+        if let Some(frame) = &frame {
+            if !frame.code.is_sendable() {
+                return Err(UsageError::InvalidCloseCode(frame.code.0));
+            }
+            if frame.reason.len() > MAX_CLOSE_REASON {
+                return Err(UsageError::CloseReasonTooLong(frame.reason.len()));
+            }
+        }
+        if !matches!(self.write, WriteState::Open) {
+            return Err(UsageError::SendAfterClose);
+        }
+        self.initiator.get_or_insert(CloseInitiator::Local);
+        self.queue_close(frame.as_ref(), now);
+        Ok(())
+    }
+
+    /// Queues one frame: the frame-level API for fragmenting messages by hand.
+    ///
+    /// Data frames must follow the fragmentation rules (a Text or Binary frame, then
+    /// Continuation frames, the last with `fin`); control frames may be interleaved. Text is
+    /// checked for UTF-8 across the fragments. Frames sent this way are not compressed.
+    pub fn send_frame(&mut self, frame: &Frame, now: Instant) -> Result<(), UsageError> {
+        match frame.opcode {
+            OpCode::Ping | OpCode::Pong if !frame.fin => Err(UsageError::FragmentedControlFrame),
+            OpCode::Ping => self.send_ping(&frame.payload),
+            OpCode::Pong => self.send_pong(&frame.payload),
+            OpCode::Close => {
+                if !frame.fin {
+                    return Err(UsageError::FragmentedControlFrame);
+                }
+                let close = parse_close_payload(&frame.payload).map_err(|error| match error {
+                    ClosePayloadError::InvalidCode(code) => UsageError::InvalidCloseCode(code),
+                    ClosePayloadError::Truncated => UsageError::InvalidCloseCode(0),
+                    ClosePayloadError::InvalidReason => UsageError::InvalidUtf8,
+                })?;
+                self.close(close, now)
+            }
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                self.ensure_writable()?;
+                let opcode = match (frame.opcode, self.sending_fragmented) {
+                    (OpCode::Continuation, None) => return Err(UsageError::NoMessageToContinue),
+                    (OpCode::Continuation, Some(opcode)) => opcode,
+                    (_, Some(_)) => return Err(UsageError::MessageUnfinished),
+                    (opcode, None) => {
+                        self.send_utf8 = Utf8Validator::new();
+                        opcode
+                    }
+                };
+                if opcode == OpCode::Text {
+                    self.send_utf8
+                        .feed(&frame.payload)
+                        .map_err(|_| UsageError::InvalidUtf8)?;
+                    if frame.fin {
+                        self.send_utf8
+                            .finish()
+                            .map_err(|_| UsageError::InvalidUtf8)?;
+                    }
+                }
+                self.sending_fragmented = if frame.fin { None } else { Some(opcode) };
+                self.write_frame(frame.opcode, frame.fin, false, &frame.payload);
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn send_data(&mut self, opcode: OpCode, data: &[u8]) -> Result<(), UsageError> {
+        self.ensure_writable()?;
+        if self.sending_fragmented.is_some() {
+            return Err(UsageError::MessageUnfinished);
+        }
+        match self.deflate.as_mut() {
+            Some(codec) if codec.should_compress(data.len()) => {
+                let mut compressed = std::mem::take(&mut self.scratch);
+                codec.compress(data, &mut compressed);
+                self.write_frame(opcode, true, true, &compressed);
+                self.scratch = compressed;
+            }
+            _ => self.write_frame(opcode, true, false, data),
+        }
+        Ok(())
+    }
+
+    pub(super) fn send_control(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+    ) -> Result<(), UsageError> {
+        if payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(UsageError::ControlPayloadTooLarge(payload.len()));
+        }
+        self.ensure_writable()?;
+        self.write_frame(opcode, true, false, payload);
+        Ok(())
+    }
+
+    pub(super) fn ensure_writable(&self) -> Result<(), UsageError> {
+        match self.write {
+            WriteState::Open => Ok(()),
+            WriteState::CloseSent { .. } => Err(UsageError::SendAfterClose),
+        }
+    }
+
+    pub(super) fn queue_close(&mut self, frame: Option<&CloseFrame>, now: Instant) {
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        let len = match frame {
+            None => 0,
+            Some(frame) => {
+                payload[..2].copy_from_slice(&frame.code.0.to_be_bytes());
+                let reason = frame.reason.as_bytes();
+                payload[2..2 + reason.len()].copy_from_slice(reason);
+                2 + reason.len()
+            }
+        };
+        self.write_frame(OpCode::Close, true, false, &payload[..len]);
+        self.write = WriteState::CloseSent { at: now };
+    }
+
+    pub(super) fn write_frame(&mut self, opcode: OpCode, fin: bool, rsv1: bool, payload: &[u8]) {
+        let mask = match (self.role, self.negotiated.no_masking, self.masks.as_mut()) {
+            (Role::Client, false, Some(masks)) => Some(masks.next_mask()),
+            _ => None,
+        };
+        encode_frame(&mut self.out, opcode, fin, rsv1, mask, payload);
+    }
+
+    /// Bytes waiting to be written to the transport.
+    #[must_use]
+    pub fn pending_output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Marks the first `written` bytes of [`Connection::pending_output`] as written.
+    pub fn consume_output(&mut self, written: usize) {
+        let _ = self.out.split_to(written.min(self.out.len()));
+    }
+
+    /// Takes all pending output at once, for drivers that hand buffers to the transport.
+    #[must_use]
+    pub fn take_output(&mut self) -> Bytes {
+        self.out.split().freeze()
+    }
+
+    /// Whether the queued output has reached [`crate::Limits::max_queued_output`]: a driver
+    /// should stop accepting sends until the transport drains it.
+    pub fn is_write_blocked(&self) -> bool {
+        self.out.len() >= self.config.limits().max_queued_output
+    }
+}
