@@ -241,6 +241,51 @@ def render_cluster(results: dict[str, Result]) -> list[str]:
     return out + [""]
 
 
+# (scenario, what roost is compared with, the ratio the issue asks for, how it reads, what
+# holds roost back where it falls short, as far as it has been profiled)
+TARGETS = [
+    ("echo64", ["bun"], 1.25, "echo 64 B: >= 1.25x Bun",
+     "per-message work in the server: parsing, buffer splits, allocations and a boxed handler "
+     "future (callgrind: 1,946 instructions per echoed message); 61% of its time is in the kernel"),
+    ("echo64", ["raw-tcp"], 0.9, "echo 64 B: >= 0.9x raw TCP", "the same"),
+    ("echo16k", ["raw-tcp"], 0.9, "echo 16 KiB: >= 0.9x raw TCP", ""),
+    ("latency", None, 1.0, "latency p99: no worse than the best",
+     "not profiled yet: each round trip wakes the connection's task and runs a boxed handler future"),
+    ("broadcast", ["bun"], 1.3, "broadcast: >= 1.3x Bun",
+     "one write system call per member per message; members are not corked across a batch"),
+    ("connect", None, 1.0, "connect rate: no worse than the best peer",
+     "not profiled yet: the handshake builds an http::Request and a response per connection"),
+    ("deflate", ["bun", "node-ws"], 1.0, "compressed echo: >= the best peer with compression",
+     "not profiled yet: zlib-rs at level 1 with the compressor reset after every message"),
+]
+
+
+def render_targets(results: dict[str, dict[str, Result]]) -> list[str]:
+    out = ["## Targets", "",
+           "Ratios of roost to the peers named, from the medians below (for latency, the best "
+           "peer's p99 divided by roost's); where a target is missed, what holds roost back.", "",
+           "| target | measured ratio | met | what holds it back |", "| --- | --- | --- | --- |"]
+    by_name = {s.name: s for s in SCENARIOS}
+    for name, against, wanted, label, why in TARGETS:
+        rows = results.get(name)
+        if not rows or rows.get("roost") is None or rows["roost"].median is None:
+            continue
+        scenario = by_name[name]
+        others = [r.median for stack, r in rows.items()
+                  if stack != "roost" and r.median is not None and (against is None or stack in against)]
+        if against is None:
+            others = [r.median for stack, r in rows.items()
+                      if stack not in ("roost", "raw-tcp") and r.median is not None]
+        if not others:
+            continue
+        best = max(others) if scenario.higher_is_better else min(others)
+        roost = rows["roost"].median
+        ratio = roost / best if scenario.higher_is_better else best / roost
+        met = ratio >= wanted
+        out.append(f"| {label} | {ratio:.2f} | {'yes' if met else 'no'} | {'' if met else why} |")
+    return out + [""]
+
+
 def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
     out = ["# Performance", "",
            "Measured by `python3 bench/run.py` (this file is its output; do not edit by hand).",
@@ -249,6 +294,7 @@ def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
            f"{args.duration} s measured after {args.warmup} s of warm-up. The machine is shared: "
            "compare ratios within this file, not across runs.", "",
            f"Generated on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}.", ""]
+    out += render_targets(results)
     for scenario in SCENARIOS:
         if scenario.name not in results:
             continue
@@ -280,9 +326,19 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated scenarios")
     parser.add_argument("--stacks", help="comma-separated stacks")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument("--render-only", type=Path, metavar="JSON",
+                        help="re-render the document from a saved performance.json")
     args = parser.parse_args()
     if args.quick:
         args.runs, args.duration, args.warmup = 1, 2, 1
+    if args.render_only:
+        saved = json.loads(args.render_only.read_text())
+        args.runs, args.duration, args.warmup = saved["runs"], saved["duration"], saved["warmup"]
+        results = {scenario: {stack: Result(r["values"], r.get("latencies", []), r["error"])
+                              for stack, r in rows.items()} for scenario, rows in saved["results"].items()}
+        args.out.write_text(render(results, args, saved["started"]))
+        print(f"wrote {args.out}")
+        return 0
     if not ROOST.exists():
         print(f"missing {ROOST}: cargo build --release -p roost-cli", file=sys.stderr)
         return 1
@@ -319,6 +375,11 @@ def main() -> int:
             print(f"   cluster {label:>30}: {shown}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(results, args, started))
+    (args.out.parent / "performance.json").write_text(json.dumps(
+        {"started": started, "runs": args.runs, "duration": args.duration, "warmup": args.warmup,
+         "results": {scenario: {stack: {"values": r.values, "latencies": r.latencies, "error": r.error}
+                                for stack, r in rows.items()} for scenario, rows in results.items()}},
+        indent=1))
     print(f"wrote {args.out}")
     return 0
 
