@@ -634,7 +634,12 @@ impl Connection {
         let Some(auto) = &self.auto_response else {
             return false;
         };
-        if self.payload[..] != auto.request.as_bytes()[..] || !self.can_send() {
+        // A data frame may not go out in the middle of a fragmented message the application
+        // is sending (RFC 6455 §5.4): then the request reaches the application instead.
+        if self.payload[..] != auto.request.as_bytes()[..]
+            || !self.can_send()
+            || self.sending_fragmented.is_some()
+        {
             return false;
         }
         let response = auto.response.clone();
@@ -645,7 +650,8 @@ impl Connection {
 
     /// Sets (or with `None` clears) the text request answered inside the codec: a received
     /// text message equal to `request` is answered with `response`, uncompressed, without an
-    /// event. Heartbeats (`"ping"` / `"pong"`) then never reach the application.
+    /// event. While the application is in the middle of sending a fragmented message, the
+    /// request is delivered as an event instead, since no other data frame may go out then. Heartbeats (`"ping"` / `"pong"`) then never reach the application.
     pub fn set_auto_response(&mut self, auto_response: Option<AutoResponse>) {
         self.auto_response = auto_response;
     }

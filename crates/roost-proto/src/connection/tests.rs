@@ -749,3 +749,40 @@ fn an_idle_connection_gives_its_buffers_back() {
     pump(&mut server, &mut client, now);
     assert_eq!(events(&mut client), vec![text(&payload)]);
 }
+
+/// Found by the `connection_server` fuzz target (fuzz/regressions/connection_server/
+/// auto-response-inside-fragmented-send): the auto-response was written inside a fragmented
+/// message the application was sending, breaking RFC 6455 §5.4 framing.
+#[test]
+fn an_auto_response_never_lands_inside_a_fragmented_send() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair();
+    server.set_auto_response(Some(AutoResponse {
+        request: Utf8Bytes::new(),
+        response: Utf8Bytes::new(),
+    }));
+    server
+        .send_frame(&Frame::new(false, OpCode::Text, ""), now)
+        .unwrap();
+    client.send_text("").unwrap();
+    pump(&mut client, &mut server, now);
+    assert_eq!(
+        events(&mut server),
+        vec![text("")],
+        "delivered to the application instead"
+    );
+    server
+        .send_frame(&Frame::new(true, OpCode::Continuation, "done"), now)
+        .unwrap();
+    pump(&mut server, &mut client, now);
+    assert_eq!(
+        events(&mut client),
+        vec![text("done")],
+        "the peer sees one well-formed message"
+    );
+    // Once the fragmented message is finished, the auto-response works again.
+    client.send_text("").unwrap();
+    pump(&mut client, &mut server, now);
+    assert!(events(&mut server).is_empty());
+    assert_eq!(server.auto_response_hits(), 1);
+}
