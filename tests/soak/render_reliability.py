@@ -251,8 +251,10 @@ def soak_section(summary: dict, svg_name: str, others: list[dict], isolate: dict
         "hold no warning, and SIGTERM must stop the server with status 0.",
         "",
         "```sh",
-        ".venv/bin/python tests/soak/soak.py --minutes 3      # writes target/soak/",
-        ".venv/bin/python tests/soak/render_reliability.py   # writes this page",
+        ".venv/bin/python tests/soak/soak.py --minutes 3                       # target/soak/",
+        ".venv/bin/python tests/soak/soak.py --minutes 10 --out target/soak-long",
+        ".venv/bin/python tests/soak/isolate.py                                # target/soak/isolate.json",
+        ".venv/bin/python tests/soak/render_reliability.py --also target/soak-long --run-crash-tests",
         "```",
         "",
         f"Last run: {summary['date']}, commit `{summary['commit']}`, release build, "
@@ -319,11 +321,12 @@ def soak_section(summary: dict, svg_name: str, others: list[dict], isolate: dict
         f"{fmt(rss['leak_per_connection_detectable_bytes'])} bytes per connection would reach "
         f"{c['max_rss_slope_mib_per_min']:g} MiB/min, and anything holding a connection's "
         "buffers is larger than that. The limit is not lower because a few minutes of glibc "
-        "malloc are not flat even without a leak: each of the server's threads (the runtime's "
-        "workers and the blocking pool that does the durable writes) fills an arena of its own, "
-        "and each slow-reader flood raises the heap's high-water mark, so RSS creeps up until "
-        "the arenas reach their working size. The warm-up is at least a minute for the same "
-        "reason. The runs and loops below separate that from a leak; smaller leaks need a "
+        "malloc are not flat even without a leak: the server's threads (the runtime's workers "
+        "and the blocking pool that does the durable writes) allocate from several malloc "
+        "arenas, and each slow-reader flood raises the heap's high-water mark, so RSS creeps up "
+        "until the heap reaches its working size. The warm-up is at least a minute for the "
+        "same reason. The longer runs and the isolated loops below tell that apart from a leak "
+        "(a leak keeps growing at the same pace; the heap levels off); smaller leaks need a "
         "longer `--minutes`.",
         "",
     ]

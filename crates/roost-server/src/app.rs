@@ -638,7 +638,7 @@ async fn accept_ws(
             Ok(None) => {
                 let response = refuse(
                     StatusCode::GONE,
-                    "nothing to resume: the token was already used",
+                    "nothing to resume: the session ended (closed with 1000) or was already resumed",
                 );
                 let _ = write_and_close(&mut tcp, &response).await;
                 return;
