@@ -786,3 +786,29 @@ fn an_auto_response_never_lands_inside_a_fragmented_send() {
     assert!(events(&mut server).is_empty());
     assert_eq!(server.auto_response_hits(), 1);
 }
+
+/// Found while writing the fuzz harness (docs/fuzzing.md, finding 2): a refused text fragment
+/// used to advance the send-side UTF-8 check, so a later fragment completing invalid text was
+/// accepted and the peer failed the connection with 1007.
+#[test]
+fn a_refused_text_fragment_does_not_corrupt_the_utf8_check() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair();
+    let start = Frame::new(false, OpCode::Text, Bytes::from_static(&[0xE2, 0x82]));
+    client.send_frame(&start, now).unwrap();
+    let bad = Frame::new(
+        false,
+        OpCode::Continuation,
+        Bytes::from_static(&[0xAC, 0xFF]),
+    );
+    assert_eq!(client.send_frame(&bad, now), Err(UsageError::InvalidUtf8));
+    let wrong_end = Frame::new(true, OpCode::Continuation, Bytes::from_static(b"a"));
+    assert_eq!(
+        client.send_frame(&wrong_end, now),
+        Err(UsageError::InvalidUtf8)
+    );
+    let right_end = Frame::new(true, OpCode::Continuation, Bytes::from_static(&[0xAC]));
+    client.send_frame(&right_end, now).unwrap();
+    pump(&mut client, &mut server, now);
+    assert_eq!(events(&mut server), vec![text("€")]);
+}

@@ -91,25 +91,21 @@ impl Connection {
             }
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 self.ensure_writable()?;
-                let opcode = match (frame.opcode, self.sending_fragmented) {
+                let (opcode, mut utf8) = match (frame.opcode, self.sending_fragmented) {
                     (OpCode::Continuation, None) => return Err(UsageError::NoMessageToContinue),
-                    (OpCode::Continuation, Some(opcode)) => opcode,
+                    (OpCode::Continuation, Some(opcode)) => (opcode, self.send_utf8.clone()),
                     (_, Some(_)) => return Err(UsageError::MessageUnfinished),
-                    (opcode, None) => {
-                        self.send_utf8 = Utf8Validator::new();
-                        opcode
-                    }
+                    (opcode, None) => (opcode, Utf8Validator::new()),
                 };
+                // Checked on a copy: a refused fragment leaves the message's check as it was.
                 if opcode == OpCode::Text {
-                    self.send_utf8
-                        .feed(&frame.payload)
+                    utf8.feed(&frame.payload)
                         .map_err(|_| UsageError::InvalidUtf8)?;
                     if frame.fin {
-                        self.send_utf8
-                            .finish()
-                            .map_err(|_| UsageError::InvalidUtf8)?;
+                        utf8.finish().map_err(|_| UsageError::InvalidUtf8)?;
                     }
                 }
+                self.send_utf8 = utf8;
                 self.sending_fragmented = if frame.fin { None } else { Some(opcode) };
                 self.write_frame(frame.opcode, frame.fin, false, &frame.payload);
                 Ok(())
