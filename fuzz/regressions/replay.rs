@@ -58,3 +58,31 @@ fn auto_response_is_not_written_inside_a_fragmented_message() {
         "{events:?}"
     );
 }
+
+/// Found while writing the connection harness, not by a fuzz run (the harness checks it, see
+/// `send_frame` in fuzz/src/single.rs, but did not reach it in 7 minutes per target): a text
+/// fragment `send_frame` refuses as invalid UTF-8 has already advanced the UTF-8 state, so a
+/// later fragment is checked against the wrong state and the peer receives invalid UTF-8.
+#[test]
+fn a_refused_text_fragment_does_not_corrupt_the_utf8_check() {
+    let now = Instant::now();
+    let mut server = Connection::server(Config::default(), Negotiated::default());
+    // "€" is E2 82 AC: the first fragment ends inside it.
+    server
+        .send_frame(&Frame::new(false, OpCode::Text, &b"\xE2\x82"[..]), now)
+        .expect("a code point cut by a fragment boundary is fine");
+    // Completes "€", then a byte that is never valid: refused, nothing written.
+    assert!(
+        server
+            .send_frame(&Frame::new(false, OpCode::Continuation, &b"\xAC\xFF"[..]), now)
+            .is_err()
+    );
+    // The message so far is E2 82; ending it with "a" makes it invalid, so this must fail too.
+    let last = server.send_frame(&Frame::new(true, OpCode::Continuation, &b"a"[..]), now);
+    let events = read_as_client(server.pending_output());
+    assert!(
+        last.is_err(),
+        "accepted a fragment that ends the text message in invalid UTF-8; the peer read \
+         {events:?}"
+    );
+}
