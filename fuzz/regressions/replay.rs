@@ -1,7 +1,7 @@
 //! Regression tests for what fuzzing found, written against the public API so that they can
 //! live in the crate they test (see README.md next to this file for where each one goes).
-//! Each names the fuzz input it was reduced from; `cargo fuzz run <target> <input>` replays
-//! the input itself (with `ROOST_FUZZ_STRICT=1`, see docs/fuzzing.md).
+//! Each names the fuzz input it was reduced from, if any; `cargo fuzz run <target> <input>`
+//! replays the input itself.
 
 use std::time::Instant;
 

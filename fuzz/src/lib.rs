@@ -19,17 +19,7 @@ pub mod settings;
 pub mod single;
 pub mod wire;
 
-use std::sync::OnceLock;
-
 use arbitrary::{Arbitrary, Unstructured};
-
-/// Whether harnesses steer clear of bugs that were found and are not fixed yet (each is listed
-/// in `docs/fuzzing.md` with its regression input), so that fuzzing goes on finding others.
-/// `ROOST_FUZZ_STRICT=1` turns the workarounds off, to see whether a fix landed.
-pub fn avoid_known_bugs() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    !*STRICT.get_or_init(|| std::env::var_os("ROOST_FUZZ_STRICT").is_some_and(|value| value != "0"))
-}
 
 /// Bytes taken from the input as one contiguous run.
 ///

@@ -639,6 +639,7 @@ impl Connection {
         if self.payload[..] != auto.request.as_bytes()[..]
             || !self.can_send()
             || self.sending_fragmented.is_some()
+            || self.out.len() >= self.config.limits().max_queued_output
         {
             return false;
         }
@@ -650,8 +651,9 @@ impl Connection {
 
     /// Sets (or with `None` clears) the text request answered inside the codec: a received
     /// text message equal to `request` is answered with `response`, uncompressed, without an
-    /// event. While the application is in the middle of sending a fragmented message, the
-    /// request is delivered as an event instead, since no other data frame may go out then. Heartbeats (`"ping"` / `"pong"`) then never reach the application.
+    /// event. While the application is in the middle of sending a fragmented message, or
+    /// while the output already holds `max_queued_output` bytes (a peer that does not read),
+    /// the request is delivered as an event instead. Heartbeats (`"ping"` / `"pong"`) then never reach the application.
     pub fn set_auto_response(&mut self, auto_response: Option<AutoResponse>) {
         self.auto_response = auto_response;
     }
