@@ -6,7 +6,7 @@
 #   (node --test, playwright-core), and the Autobahn TestSuite
 #   through kosoku in both roles, diffed against conformance/autobahn/expected-*.json.
 #
-# Usage: scripts/test.sh [--quick]   (--quick skips the fuzz smoke and the Autobahn runs)
+# Usage: scripts/test.sh [--quick]   (--quick skips the Autobahn runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,8 +70,6 @@ step "browser: two people chat in the demo page, one reloads and resumes (headle
 ROOST_BIN=target/release/roost node --test tests/browser/
 
 if ! $quick; then
-  step "fuzz smoke: every cargo-fuzz target for a short time on its corpus and regressions"
-  fuzz/smoke.sh
   kosoku=.venv/bin/kosoku
   step "Autobahn TestSuite, roost as the server"
   .venv/bin/python conformance/autobahn/run.py server --kosoku "$kosoku" --parallelism 4 \
