@@ -62,20 +62,28 @@ cargo test --workspace --doc -q
 # --- interop and conformance against real peers -------------------------------------------
 step "building release binaries for the peer tests"
 cargo build --release -q -p roost-cli -p roost --example autobahn_client
+# Cargo may be told to build elsewhere (CARGO_TARGET_DIR, .cargo/config.toml): ask it where.
+target_dir=$(cargo metadata --format-version 1 --no-deps --offline \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+export ROOST_BIN="$target_dir/release/roost"
+autobahn_client="$target_dir/release/examples/autobahn_client"
+for binary in "$ROOST_BIN" "$autobahn_client"; do
+  [[ -x "$binary" ]] || { echo "error: $binary was not built" >&2; exit 1; }
+done
 step "interop with Python websockets (pytest)"
 .venv/bin/python -m pytest tests/interop -q -p no:cacheprovider
 step "hostile input against roost serve (pytest; results in target/hostile/results.json)"
 .venv/bin/python -m pytest tests/hostile -q -p no:cacheprovider
 step "browser: two people chat in the demo page, one reloads and resumes (headless Chromium)"
-ROOST_BIN=target/release/roost node --test tests/browser/
+node --test tests/browser/
 
 if ! $quick; then
   kosoku=.venv/bin/kosoku
   step "Autobahn TestSuite, roost as the server"
   .venv/bin/python conformance/autobahn/run.py server --kosoku "$kosoku" --parallelism 4 \
-    --cmd "target/release/roost serve --app echo --listen 127.0.0.1:{port}"
+    --cmd "$ROOST_BIN serve --app echo --listen 127.0.0.1:{port}"
   step "Autobahn TestSuite, roost as the client"
   .venv/bin/python conformance/autobahn/run.py client --kosoku "$kosoku" \
-    --cmd "target/release/examples/autobahn_client {url}"
+    --cmd "$autobahn_client {url}"
 fi
 step "all tests passed"
