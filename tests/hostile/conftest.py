@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import pytest
 import websockets
@@ -172,16 +172,21 @@ class RssSampler:
             pass
 
 
-def start_server(app: str, *args: str, workdir: Path, name: str) -> Server:
+def start_server(app: str, *args: str, workdir: Path, name: str, prefix: Sequence[str] = (),
+                 preexec_fn: Callable[[], None] | None = None) -> Server:
+    """Starts `roost serve --app APP ARGS` on a free port. `prefix` runs it through another
+    command that execs it (so the pid stays the server's: `nsenter`, say); `preexec_fn` runs
+    in the child before that (to lower a resource limit, say)."""
     if not ROOST_BIN.exists():
         pytest.exit(
             f"{ROOST_BIN} is missing: run `cargo build --release -p roost-cli` first", returncode=2
         )
     log = workdir / f"{name}.log"
-    command = [str(ROOST_BIN), "serve", "--app", app, "--listen", "127.0.0.1:0", *args]
+    command = [*prefix, str(ROOST_BIN), "serve", "--app", app, "--listen", "127.0.0.1:0", *args]
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=sink, stdin=subprocess.DEVNULL
+            command, stdout=subprocess.DEVNULL, stderr=sink, stdin=subprocess.DEVNULL,
+            preexec_fn=preexec_fn,
         )
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:

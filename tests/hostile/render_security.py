@@ -235,6 +235,7 @@ CLASS_TITLES = {
     "control-flood": "Control-frame floods",
     "slow-reader": "Readers that never read",
     "fault": "Resets and half-closed peers",
+    "resources": "Out of file descriptors, out of disk",
     "deadline": "Slow and silent peers (deadlines)",
 }
 

@@ -9,7 +9,7 @@ use std::{
         Arc, Mutex, Weak,
         atomic::{AtomicUsize, Ordering::Relaxed},
     },
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -34,6 +34,10 @@ use crate::{
     room::{Room, Rooms},
     store::{AttachmentStore, ConnectionId, DirStore, MemoryStore, redis::RedisStore},
 };
+
+/// How long the accept loop waits after a failed accept (out of descriptors, most often)
+/// before it tries again; connections wait in the listen backlog meanwhile.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// A WebSocket route: its handler, how its rooms are keyed, the subprotocols it speaks.
 pub struct WsRoute {
@@ -339,7 +343,10 @@ impl Shared {
             .map_err(|_| AttachmentError::Cancelled)?;
         result.map_err(|error| {
             self.metrics.durable_write_errors.fetch_add(1, Relaxed);
-            tracing::warn!(%error, "attachment store operation failed");
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "attachment store operation failed"
+            );
             AttachmentError::Store(error)
         })
     }
@@ -445,6 +452,8 @@ impl Server {
         } = self;
         let mut stop = shared.shutdown.clone();
         tokio::pin!(shutdown);
+        // While accept fails (out of descriptors, most often), when it started and how often.
+        let mut failing: Option<(Instant, u64)> = None;
         loop {
             tokio::select! {
                 result = &mut shutdown => {
@@ -458,6 +467,13 @@ impl Server {
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        if let Some((since, failures)) = failing.take() {
+                            tracing::info!(
+                                failures,
+                                seconds = since.elapsed().as_secs_f64(),
+                                "accepting connections again"
+                            );
+                        }
                         let task = TaskGuard::new(&shared);
                         let app = app.clone();
                         tokio::spawn(async move {
@@ -467,9 +483,22 @@ impl Server {
                     Err(error) => {
                         // Out of file descriptors, most often: keep serving, and accept again
                         // once connections end and free some.
+                        // Reported once per outage (the metric counts every attempt), then
+                        // again when accepting works.
                         shared.metrics.accept_errors.fetch_add(1, Relaxed);
-                        tracing::warn!(%error, "accept failed; retrying shortly");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        match &mut failing {
+                            Some((_, failures)) => *failures += 1,
+                            None => {
+                                tracing::warn!(
+                                    %error,
+                                    "cannot accept connections (EMFILE: raise `ulimit -n`); \
+                                     retrying every {} ms",
+                                    ACCEPT_RETRY.as_millis()
+                                );
+                                failing = Some((Instant::now(), 1));
+                            }
+                        }
+                        tokio::time::sleep(ACCEPT_RETRY).await;
                     }
                 },
             }

@@ -38,8 +38,9 @@ pub enum AttachmentError {
     /// The value could not be serialized, or the stored bytes are not that type.
     #[error("attachment is not valid for this type: {0}")]
     Serde(#[from] serde_json::Error),
-    /// The durable write failed; the previous attachment is still in place on disk.
-    #[error("attachment could not be written durably: {0}")]
+    /// The durable write failed; the previous attachment is still in place on disk. The
+    /// source says why (the operating system's error, such as a full disk).
+    #[error("attachment could not be written durably")]
     Store(#[from] crate::store::StoreError),
     /// The durable write could not run (the runtime is shutting down).
     #[error("attachment write was cancelled")]

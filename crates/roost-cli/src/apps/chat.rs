@@ -52,7 +52,10 @@ impl Handler for Chat {
                     )));
                 }
                 ws.serialize_attachment(name).await.map_err(|error| {
-                    tracing::warn!(%error, "cannot store the name");
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "cannot store the name"
+                    );
                     Disconnect::new(1011, "cannot store your name right now")
                 })?;
                 ws.send_text(format!("hello {name}"));

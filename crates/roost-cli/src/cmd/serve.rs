@@ -97,10 +97,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!(app = ?args.app, "listening on {scheme}://{}", listener.local_addr()?);
     let config = Arc::new(config);
+    // Failed accepts since the last good one (out of descriptors, most often).
+    let mut failed_accepts = 0u64;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    if failed_accepts > 0 {
+                        info!(failures = failed_accepts, "accepting connections again");
+                        failed_accepts = 0;
+                    }
                     let (config, tls) = (config.clone(), tls.clone());
                     tokio::spawn(async move {
                         if let Err(error) = serve_connection(tcp, &config, tls).await {
@@ -109,8 +115,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     });
                 }
                 Err(error) => {
-                    // Out of file descriptors and similar: keep serving once it clears.
-                    warn!(%error, "accept failed");
+                    // Out of file descriptors and similar: said once, then retried until
+                    // connections end and free some; waiting clients stay in the backlog.
+                    if failed_accepts == 0 {
+                        warn!(%error, "cannot accept connections (EMFILE: raise `ulimit -n`); \
+                                       retrying every 50 ms");
+                    }
+                    failed_accepts += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
