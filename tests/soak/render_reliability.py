@@ -457,6 +457,8 @@ def fuzzing_section(fuzzing_md: Path) -> str:
             current = []
     if current:
         tables.append(current)
+    # The figures: the table with executions per target (the first one describes the targets).
+    tables = [t for t in tables if "executions" in t[0]] or tables
     if tables:
         lines += [
             "Per target, from [fuzzing.md](fuzzing.md) (which has the targets, how they run and "
