@@ -4,9 +4,10 @@
 #   interop tests against Python websockets (pytest), the hostile-input suite (pytest,
 #   tests/hostile), the chat demo in headless Chromium
 #   (node --test, playwright-core), and the Autobahn TestSuite
-#   through kosoku in both roles, diffed against conformance/autobahn/expected-*.json.
+#   through kosoku in both roles, diffed against conformance/autobahn/expected-*.json, and
+#   every fuzz target for a few seconds (fuzz/smoke.sh; FUZZ_SMOKE_SECONDS, default 10).
 #
-# Usage: scripts/test.sh [--quick]   (--quick skips the Autobahn runs)
+# Usage: scripts/test.sh [--quick]   (--quick skips the Autobahn runs and the fuzz smoke)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,7 +62,7 @@ cargo test --workspace --doc -q
 
 # --- interop and conformance against real peers -------------------------------------------
 step "building release binaries for the peer tests"
-cargo build --release -q -p roost-cli -p roost --example autobahn_client
+cargo build --release -q -p roost-cli -p roost --bin roost --example autobahn_client
 # Cargo may be told to build elsewhere (CARGO_TARGET_DIR, .cargo/config.toml): ask it where.
 target_dir=$(cargo metadata --format-version 1 --no-deps --offline \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
@@ -85,5 +86,9 @@ if ! $quick; then
   step "Autobahn TestSuite, roost as the client"
   .venv/bin/python conformance/autobahn/run.py client --kosoku "$kosoku" \
     --cmd "$autobahn_client {url}"
+fi
+if ! $quick; then
+  step "fuzzing: every cargo-fuzz target for a short smoke time over its corpus (fuzz/smoke.sh)"
+  FUZZ_SMOKE_SECONDS=${FUZZ_SMOKE_SECONDS:-10} fuzz/smoke.sh
 fi
 step "all tests passed"
