@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -57,6 +58,7 @@ class Scenario:
     raw_tcp: bool = True  # whether the raw TCP ceiling takes part
     stacks: set[str] | None = None
     notes: str = ""
+    timed: bool = True  # takes --duration and --warmup (idle measures once, after settling)
 
 
 SCENARIOS = [
@@ -70,12 +72,27 @@ SCENARIOS = [
     Scenario("broadcast", "Broadcast, 1,000 subscribers, 64 B, maximum rate",
              ["broadcast", "-n", "1000", "-s", "64"], "deliveries_per_s", "deliveries/s",
              raw_tcp=False),
+    Scenario("idle", "Idle connections: server RSS per connection, 19,500 connections",
+             ["idle", "-c", "19500"], "bytes_per_connection", "bytes/conn",
+             higher_is_better=False, raw_tcp=False, timed=False),
     Scenario("connect", "Connections per second (opening and closing handshakes)",
              ["connect", "-c", "16"], "connections_per_s", "conn/s", raw_tcp=False),
     Scenario("deflate", "Compressed echo, 1 KiB JSON-like text, permessage-deflate",
              ["echo", "-c", "50", "-p", "8", "-s", "1024", "--text", "--payload", "json",
               "--deflate"], "msgs_per_s", "msgs/s", raw_tcp=False, stacks=COMPRESSION),
 ]
+
+
+# The client scenario: the same echo load (64 B x 100 connections x 16 in flight, every echo
+# checked) driven by each client library against roost's bench server.
+CLIENT_LOAD = ["-c", "100", "-p", "16", "-s", "64"]
+CLIENTS = {
+    "roost": [str(ROOST), "bench", "echo", *CLIENT_LOAD, "--json"],
+    "tokio-tungstenite": [str(RUST_PEERS / "tungstenite-client"), *CLIENT_LOAD],
+}
+CLIENT_SCENARIO = Scenario(
+    "client", "Client: echo 64 B, 100 connections x 16 in flight, against roost's server",
+    ["echo", *CLIENT_LOAD], "msgs_per_s", "msgs/s", raw_tcp=False)
 
 
 def free_addr() -> str:
@@ -111,6 +128,7 @@ class Result:
     values: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     error: str | None = None
+    cpu: list[float] = field(default_factory=list)  # client scenario: the client's CPU use
 
     @property
     def median(self) -> float | None:
@@ -128,13 +146,53 @@ def run_once(stack: str, scenario: Scenario, duration: int, warmup: int) -> floa
         args = list(scenario.args)
         if stack == "raw-tcp":
             args.append("--raw-tcp")
-        load = pin(1, [str(ROOST), "bench", *args, "--url", f"ws://{addr}/",
-                       "--duration", str(duration), "--warmup", str(warmup), "--json"])
-        timeout = duration + warmup + 120
+        if scenario.timed:
+            args += ["--duration", str(duration), "--warmup", str(warmup)]
+        else:
+            # taskset execs the server, so the pid is the server's own.
+            args += ["--server-pid", str(server.pid)]
+        load = pin(1, [str(ROOST), "bench", *args, "--url", f"ws://{addr}/", "--json"])
+        timeout = duration + warmup + 300
         done = subprocess.run(load, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
             raise RuntimeError((done.stderr.strip().splitlines() or ["failed"])[-1])
         return float(dig(json.loads(done.stdout.strip().splitlines()[-1]), scenario.metric))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def run_client_once(client: str, duration: int, warmup: int) -> tuple[float, float]:
+    """One run of the client scenario: msgs/s, and the client's CPU use (1.0 = one core busy
+    for the whole run), which tells whether the client or the server was the limit."""
+    addr = free_addr()
+    server = subprocess.Popen(pin(0, [str(ROOST), "serve", "--app", "bench", "--listen", addr]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        if not wait_for(addr, time.monotonic() + 20):
+            raise RuntimeError("the server did not start listening")
+        command = pin(1, [*CLIENTS[client], "--url", f"ws://{addr}/", "--duration", str(duration),
+                          "--warmup", str(warmup)])
+        # The CPU time of reaped children grows by the client's alone: the server is reaped
+        # only after it.
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  timeout=duration + warmup + 120)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError("the client did not finish") from None
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            raise RuntimeError((done.stderr.strip().splitlines() or ["failed"])[-1])
+        cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
+        return float(json.loads(done.stdout.strip().splitlines()[-1])["msgs_per_s"]), cpu
     finally:
         server.terminate()
         try:
@@ -253,6 +311,9 @@ TARGETS = [
      "not profiled yet: each round trip wakes the connection's task and runs a boxed handler future"),
     ("broadcast", ["bun"], 1.3, "broadcast: >= 1.3x Bun",
      "one write system call per member per message; members are not corked across a batch"),
+    ("client", ["tokio-tungstenite"], 1.5, "client: >= 1.5x tokio-tungstenite's client",
+     "the server: one core of roost's server answers as fast as either client asks "
+     "(see the client CPU column)"),
     ("connect", None, 1.0, "connect rate: no worse than the best peer",
      "not profiled yet: the handshake builds an http::Request and a response per connection"),
     ("deflate", ["bun", "node-ws"], 1.0, "compressed echo: >= the best peer with compression",
@@ -260,12 +321,17 @@ TARGETS = [
 ]
 
 
+IDLE_TARGET_BYTES = 512
+IDLE_HELD_BACK = ("each connection keeps a parked task (about 1.3 KB: the future, the peer and "
+                  "its protocol state) plus the kernel's socket; see the projection below")
+
+
 def render_targets(results: dict[str, dict[str, Result]]) -> list[str]:
     out = ["## Targets", "",
            "Ratios of roost to the peers named, from the medians below (for latency, the best "
            "peer's p99 divided by roost's); where a target is missed, what holds roost back.", "",
            "| target | measured ratio | met | what holds it back |", "| --- | --- | --- | --- |"]
-    by_name = {s.name: s for s in SCENARIOS}
+    by_name = {s.name: s for s in [*SCENARIOS, CLIENT_SCENARIO]}
     for name, against, wanted, label, why in TARGETS:
         rows = results.get(name)
         if not rows or rows.get("roost") is None or rows["roost"].median is None:
@@ -283,6 +349,12 @@ def render_targets(results: dict[str, dict[str, Result]]) -> list[str]:
         ratio = roost / best if scenario.higher_is_better else best / roost
         met = ratio >= wanted
         out.append(f"| {label} | {ratio:.2f} | {'yes' if met else 'no'} | {'' if met else why} |")
+    idle = results.get("idle", {}).get("roost")
+    if idle is not None and idle.median is not None:
+        met = idle.median <= IDLE_TARGET_BYTES
+        out.append(f"| idle: <= {IDLE_TARGET_BYTES} B of server RSS per connection | "
+                   f"{idle.median:,.0f} B | {'yes' if met else 'no'} | "
+                   f"{'' if met else IDLE_HELD_BACK} |")
     return out + [""]
 
 
@@ -295,7 +367,7 @@ def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
            "compare ratios within this file, not across runs.", "",
            f"Generated on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}.", ""]
     out += render_targets(results)
-    for scenario in SCENARIOS:
+    for scenario in [*SCENARIOS, CLIENT_SCENARIO]:
         if scenario.name not in results:
             continue
         rows = results[scenario.name]
@@ -304,13 +376,25 @@ def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
         out += [f"## {scenario.title}", "",
                 f"`roost bench {' '.join(scenario.args)}`", "",
                 f"| stack | {scenario.unit} | ratio to the best | runs |", "| --- | --- | --- | --- |"]
+        client = scenario.name == "client"
+        if client:
+            out[-4:] = ["Each client library drives the same load against `roost serve --app "
+                        "bench` (server on core 0, client on core 1); client CPU is the client "
+                        "process's CPU time over the run's wall time (1.00 = its core fully "
+                        "busy: the client is the limit).", "",
+                        f"`{' '.join(CLIENTS['roost'][1:])}` / "
+                        f"`tungstenite-client {' '.join(CLIENT_LOAD)}`", "",
+                        f"| client | {scenario.unit} | ratio to the best | client CPU | runs |",
+                        "| --- | --- | --- | --- | --- |"]
         for stack, result in rows.items():
             if result.median is None:
-                out.append(f"| {stack} | - | - | {result.error or 'no result'} |")
+                out.append(f"| {stack} | - | - |{' - |' if client else ''} "
+                           f"{result.error or 'no result'} |")
                 continue
             ratio = (result.median / best if scenario.higher_is_better else best / result.median) if best else 0
             runs = ", ".join(f"{v:,.1f}" for v in result.values)
-            out.append(f"| {stack} | {result.median:,.1f} | {ratio:.2f} | {runs} |")
+            cpu = f" {statistics.median(result.cpu):.2f} |" if client and result.cpu else ""
+            out.append(f"| {stack} | {result.median:,.1f} | {ratio:.2f} |{cpu} {runs} |")
         out += ["", chart(scenario, rows), ""]
     if "cluster" in results:
         out += render_cluster(results["cluster"])
@@ -334,7 +418,8 @@ def main() -> int:
     if args.render_only:
         saved = json.loads(args.render_only.read_text())
         args.runs, args.duration, args.warmup = saved["runs"], saved["duration"], saved["warmup"]
-        results = {scenario: {stack: Result(r["values"], r.get("latencies", []), r["error"])
+        results = {scenario: {stack: Result(r["values"], r.get("latencies", []), r["error"],
+                                            r.get("cpu", []))
                               for stack, r in rows.items()} for scenario, rows in saved["results"].items()}
         args.out.write_text(render(results, args, saved["started"]))
         print(f"wrote {args.out}")
@@ -368,6 +453,23 @@ def main() -> int:
             results[scenario.name][stack] = result
             shown = f"{result.median:,.1f}" if result.median is not None else result.error
             print(f"{scenario.name:>10} {stack:>18}: {shown}", flush=True)
+    if not only or "client" in only:
+        results["client"] = {}
+        for client, command in CLIENTS.items():
+            result = Result()
+            if not Path(command[0]).exists():
+                result.error = f"not built ({command[0]})"
+            else:
+                for _ in range(args.runs):
+                    try:
+                        rate, cpu = run_client_once(client, args.duration, args.warmup)
+                        result.values.append(rate)
+                        result.cpu.append(cpu)
+                    except Exception as error:  # noqa: BLE001 - reported in the table
+                        result.error = str(error)[:120]
+            results["client"][client] = result
+            shown = f"{result.median:,.1f}" if result.median is not None else result.error
+            print(f"    client {client:>18}: {shown}", flush=True)
     if not only or "cluster" in only:
         results["cluster"] = cluster_broadcast(args.duration, args.warmup, args.runs)
         for label, result in results["cluster"].items():
@@ -377,7 +479,8 @@ def main() -> int:
     args.out.write_text(render(results, args, started))
     (args.out.parent / "performance.json").write_text(json.dumps(
         {"started": started, "runs": args.runs, "duration": args.duration, "warmup": args.warmup,
-         "results": {scenario: {stack: {"values": r.values, "latencies": r.latencies, "error": r.error}
+         "results": {scenario: {stack: {"values": r.values, "latencies": r.latencies, "error": r.error,
+                                       "cpu": r.cpu}
                                 for stack, r in rows.items()} for scenario, rows in results.items()}},
         indent=1))
     print(f"wrote {args.out}")

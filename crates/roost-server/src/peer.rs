@@ -78,6 +78,9 @@ pub(crate) struct Outbound {
     /// The backpressure policy closes this connection: its task sends the close frame (no
     /// lock may be held for that, and the push that found the queue full may hold one).
     kick: Option<CloseCode>,
+    /// Another connection's broadcast queued bytes here without writing them: the end of
+    /// that connection's batch writes them ([`Peer::flush_deferred`]).
+    flush_pending: bool,
 }
 
 impl Outbound {
@@ -116,6 +119,9 @@ pub(crate) struct Peer {
     /// The own task is working through a batch: its output waits in the core and leaves in
     /// one piece when the batch ends.
     batching: std::sync::atomic::AtomicBool,
+    /// A broadcast made during the current batch deferred writes to other members of this
+    /// connection's room: the batch's end writes them.
+    deferred: std::sync::atomic::AtomicBool,
 }
 
 impl Peer {
@@ -146,6 +152,7 @@ impl Peer {
                 corked: false,
                 front_started: false,
                 kick: None,
+                flush_pending: false,
             }),
             wake: Notify::new(),
             attachment: Mutex::new(None),
@@ -154,6 +161,7 @@ impl Peer {
             state: AtomicU8::new(ConnState::Parked as u8),
             task: std::sync::OnceLock::new(),
             batching: std::sync::atomic::AtomicBool::new(false),
+            deferred: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -207,7 +215,7 @@ impl Peer {
     }
 
     /// Whether the caller is the connection's own task, in the middle of a batch.
-    fn is_batching(&self) -> bool {
+    pub(crate) fn is_batching(&self) -> bool {
         self.batching.load(Relaxed) && tokio::task::try_id() == self.task.get().copied()
     }
 
@@ -215,12 +223,23 @@ impl Peer {
     /// `closing`: these bytes end with our close frame; they are accepted past the bound and
     /// nothing may follow them.
     pub(crate) fn push(&self, bytes: Bytes, closing: bool) -> SendOutcome {
+        self.push_with(bytes, closing, false)
+    }
+
+    /// Queues `bytes` for a broadcast made in another connection's batch, without writing
+    /// them: that batch's end writes them ([`flush_deferred`](Self::flush_deferred)), with
+    /// whatever else the batch sent here, in one system call.
+    pub(crate) fn push_deferred(&self, bytes: Bytes) -> SendOutcome {
+        self.push_with(bytes, false, true)
+    }
+
+    fn push_with(&self, bytes: Bytes, closing: bool, deferred: bool) -> SendOutcome {
         let len = bytes.len() as u64;
         let mut out = self.out();
         if out.closed {
             return SendOutcome::Closed;
         }
-        let corked = out.corked && tokio::task::try_id() == self.task.get().copied();
+        let corked = deferred || (out.corked && tokio::task::try_id() == self.task.get().copied());
         if corked && out.queued + bytes.len() > CORK_LIMIT {
             // A big batch: write what is queued now instead of holding it.
             drop(out);
@@ -228,6 +247,10 @@ impl Peer {
             out = self.out();
             if out.closed {
                 return SendOutcome::Closed;
+            }
+            if deferred && !out.queue.is_empty() {
+                // The socket is full: the connection's own task waits for it to drain.
+                self.wake.notify_one();
             }
         }
         out.closed = closing;
@@ -260,10 +283,11 @@ impl Peer {
         }
         out.queued += rest.len();
         out.queue.push_back(rest);
+        out.flush_pending |= deferred;
         drop(out);
         self.shared.metrics.bytes_out.fetch_add(len, Relaxed);
         if corked {
-            // The task writes the batch itself when it is done with it.
+            // The batch (this connection's, or the broadcaster's) writes it when it is done.
             return SendOutcome::Sent;
         }
         self.wake.notify_one();
@@ -322,6 +346,37 @@ impl Peer {
             let _ = self.with_core(|_| ());
             self.out().corked = false;
         }
+    }
+
+    /// Writes what broadcasts deferred to this connection, if anything; what the socket does
+    /// not take now is left to the connection's task, woken for it.
+    pub(crate) fn flush_deferred(&self) {
+        if !std::mem::take(&mut self.out().flush_pending) {
+            return;
+        }
+        match self.flush_ready() {
+            Ok(()) if !self.has_queued() => {}
+            Ok(()) => self.wake.notify_one(),
+            Err(_) => {
+                // The peer is gone; its task notices when woken.
+                self.out().closed = true;
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Ends a batch's deferred broadcasts: writes each member's share.
+    fn flush_deferred_broadcasts(&self) {
+        if self.deferred.swap(false, Relaxed) {
+            for member in self.shared.rooms.members(&self.room) {
+                member.flush_deferred();
+            }
+        }
+    }
+
+    /// Notes that a broadcast of this connection's batch left writes for its end.
+    pub(crate) fn defer_broadcast(&self) {
+        self.deferred.store(true, Relaxed);
     }
 
     fn has_queued(&self) -> bool {
@@ -414,7 +469,7 @@ pub(crate) async fn run(
     leftover: Bytes,
 ) {
     let ws = Ws::from_peer(peer.clone());
-    let room = Room::new(peer.room.clone(), peer.shared.clone());
+    let room = Room::of_peer(&peer);
     let shared = peer.shared.clone();
     let new_room = shared.rooms.join(&peer);
     if let Some(cluster) = &shared.cluster {
@@ -511,6 +566,7 @@ async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
             peer.set_state(ConnState::Parked);
         }
         peer.set_corked(false);
+        peer.flush_deferred_broadcasts();
         peer.close_if_kicked();
         let hits = peer.core().auto_response_hits();
         peer.shared

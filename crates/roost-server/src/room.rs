@@ -8,7 +8,10 @@
 //!
 //! A broadcast encodes the message into frame bytes once, shares them (reference-counted)
 //! with every member, and writes them to each socket without waking that member's task when
-//! its queue is empty. Under permessage-deflate with `server_no_context_takeover` (the
+//! its queue is empty. A broadcast made by a handler while its connection works through a
+//! batch of received messages only queues the frames; the batch's end writes each member's
+//! share with one system call, so a burst of messages costs a write per member, not a write
+//! per member per message. Under permessage-deflate with `server_no_context_takeover` (the
 //! server's default), a compressed frame is self-contained, so it too is made once per
 //! window size and shared; members with context takeover get the uncompressed frame, which
 //! the protocol always allows. The result counts what was written at once, queued behind a
@@ -17,7 +20,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock, atomic::Ordering::Relaxed},
+    sync::{Arc, RwLock, Weak, atomic::Ordering::Relaxed},
 };
 
 use bytes::{Bytes, BytesMut};
@@ -60,7 +63,7 @@ impl Rooms {
         empty
     }
 
-    fn members(&self, key: &str) -> Vec<Arc<Peer>> {
+    pub(crate) fn members(&self, key: &str) -> Vec<Arc<Peer>> {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         rooms.get(key).cloned().unwrap_or_default()
     }
@@ -90,6 +93,10 @@ pub struct BroadcastReport {
 pub struct Room {
     key: Arc<str>,
     shared: Arc<Shared>,
+    /// The connection whose handler was given this room: its broadcasts made while it works
+    /// through a batch of messages are written to each member once, at the batch's end.
+    /// Weak: a room kept by the application must not keep a closed connection's socket.
+    origin: Option<Weak<Peer>>,
 }
 
 impl std::fmt::Debug for Room {
@@ -102,7 +109,20 @@ impl std::fmt::Debug for Room {
 
 impl Room {
     pub(crate) fn new(key: Arc<str>, shared: Arc<Shared>) -> Self {
-        Room { key, shared }
+        Room {
+            key,
+            shared,
+            origin: None,
+        }
+    }
+
+    /// The room of `peer`, as its handler sees it.
+    pub(crate) fn of_peer(peer: &Arc<Peer>) -> Self {
+        Room {
+            key: peer.room.clone(),
+            shared: peer.shared.clone(),
+            origin: Some(Arc::downgrade(peer)),
+        }
     }
 
     /// The room's key.
@@ -171,6 +191,17 @@ impl Room {
         let plain = plain.freeze();
         let mut compressed = Compressed::new(&self.shared, opcode, &payload);
         let mut report = BroadcastReport::default();
+        // Made by a connection's own task in the middle of its batch: the members' writes
+        // wait for the batch's end, so that each member gets one write per batch, not one
+        // per message.
+        let batch = self
+            .origin
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .filter(|origin| origin.is_batching());
+        if let Some(origin) = &batch {
+            origin.defer_broadcast();
+        }
         for member in &members {
             if except.is_some_and(|ws| Arc::ptr_eq(ws.peer(), member)) {
                 continue;
@@ -179,7 +210,12 @@ impl Room {
                 .compress_class
                 .and_then(|bits| compressed.frame(bits))
                 .unwrap_or_else(|| plain.clone());
-            match member.push(frame, false) {
+            let outcome = match &batch {
+                // The origin's own writes are batched already.
+                Some(origin) if !Arc::ptr_eq(origin, member) => member.push_deferred(frame),
+                _ => member.push(frame, false),
+            };
+            match outcome {
                 SendOutcome::Sent => report.sent += 1,
                 SendOutcome::Queued => report.queued += 1,
                 SendOutcome::Dropped => report.dropped += 1,

@@ -81,7 +81,7 @@ impl Ws {
 
     /// The room this connection belongs to.
     pub fn room(&self) -> Room {
-        Room::new(self.peer.room.clone(), self.peer.shared.clone())
+        Room::of_peer(&self.peer)
     }
 
     /// Live, parked or dormant.
