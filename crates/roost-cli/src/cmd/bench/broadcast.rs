@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::bail;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt as _, SinkExt, StreamExt};
 use roost::Message;
 
 use super::{Common, histogram, measure, open, percentiles, progress, report};
@@ -56,34 +56,58 @@ pub(crate) async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     let delivered = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(AtomicBool::new(false));
+    // One histogram for every subscriber, taken once per batch of deliveries: a histogram of
+    // each (300 KB apiece) would make every record a cache miss, and the generator the limit.
+    let latency = Arc::new(std::sync::Mutex::new(histogram()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut subscribers = Vec::new();
     for i in 0..args.subscribers {
         let mut ws = open(&target, &url, i, args.common.sources).await?;
         let (delivered, measuring, stop) = (delivered.clone(), measuring.clone(), stop.clone());
+        let latency = latency.clone();
         subscribers.push(tokio::spawn(async move {
-            let mut latency = histogram();
+            let mut latencies = Vec::with_capacity(64);
             while !stop.load(Relaxed) {
-                let Ok(Some(message)) =
-                    tokio::time::timeout(Duration::from_millis(200), ws.recv()).await
+                // The first delivery awaited (with a timeout, to see `stop`), then every one
+                // already here: one timer and one shared count per batch, not per message, so
+                // that the generator is not what limits the rate.
+                let Ok(first) = tokio::time::timeout(Duration::from_millis(200), ws.recv()).await
                 else {
                     continue;
                 };
-                let Ok(Message::Binary(payload)) = message else {
-                    continue;
+                let (mut next, mut count) = (first, 0);
+                let ended = loop {
+                    match next {
+                        None => break true,
+                        Some(Ok(Message::Binary(payload))) => {
+                            if let Some(stamp) = payload.first_chunk::<8>() {
+                                count += 1;
+                                if measuring.load(Relaxed) {
+                                    let now = epoch.elapsed().as_nanos() as u64;
+                                    let sent_at = u64::from_le_bytes(*stamp);
+                                    latencies.push(now.saturating_sub(sent_at).max(1));
+                                }
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                    match ws.recv().now_or_never() {
+                        Some(more) => next = more,
+                        None => break false,
+                    }
                 };
-                let Some(stamp) = payload.first_chunk::<8>() else {
-                    continue;
-                };
-                let sent_at = u64::from_le_bytes(*stamp);
-                delivered.fetch_add(1, Relaxed);
-                if measuring.load(Relaxed) {
-                    let now = epoch.elapsed().as_nanos() as u64;
-                    latency.saturating_record(now.saturating_sub(sent_at).max(1));
+                delivered.fetch_add(count, Relaxed);
+                if !latencies.is_empty() {
+                    let mut histogram = latency.lock().unwrap_or_else(|e| e.into_inner());
+                    for value in latencies.drain(..) {
+                        histogram.saturating_record(value);
+                    }
+                }
+                if ended {
+                    break;
                 }
             }
             let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-            latency
         }));
     }
     let publish_url = match &args.publish_url {
@@ -162,12 +186,10 @@ pub(crate) async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     for publisher in publishers {
         let _ = publisher.await;
     }
-    let mut latency = histogram();
     for subscriber in subscribers {
-        if let Ok(part) = subscriber.await {
-            let _ = latency.add(&part);
-        }
+        let _ = subscriber.await;
     }
+    let latency = latency.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let seconds = args.common.duration as f64;
     report(
         args.common.json,
