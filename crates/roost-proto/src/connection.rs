@@ -36,7 +36,7 @@
 
 use std::{collections::VecDeque, fmt, time::Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 
 use crate::{
     close::{CloseCode, CloseFrame, ClosePayloadError, MAX_CLOSE_REASON, parse_close_payload},
@@ -330,7 +330,8 @@ impl Connection {
         let consumed = self.parse(&unparsed);
         if consumed < unparsed.len() && matches!(self.read, ReadState::Open) {
             self.unparsed = unparsed;
-            let _ = self.unparsed.split_to(consumed);
+            // Moves the start, without the shared handle `split_to` would make.
+            self.unparsed.advance(consumed);
         } else {
             // Keep the allocation for the next time bytes have to wait.
             self.unparsed = unparsed;
