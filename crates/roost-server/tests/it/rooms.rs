@@ -159,6 +159,40 @@ async fn with_the_drop_policy_the_slow_reader_loses_messages_not_the_others() {
     assert!(handle.metrics().dropped() > 0);
 }
 
+/// A burst read in one batch is broadcast with one write per member at the batch's end:
+/// every member, the sender included, still gets every message, in order.
+#[tokio::test]
+async fn a_burst_of_broadcasts_reaches_every_member_in_order() {
+    let (addr, handle) = start(
+        App::new().ws("/room", Broadcaster).unwrap(),
+        ServerConfig::default(),
+    )
+    .await;
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(connect(addr, "/room").await);
+    }
+    let mut sender = connect(addr, "/room").await;
+    eventually("four members", || handle.metrics().open_connections() == 4).await;
+    for i in 0..300 {
+        sender.feed(&Message::text(format!("burst {i}"))).unwrap();
+    }
+    within(sender.flush()).await.unwrap();
+    members.push(sender);
+    // Deferred writes leave at the batch's end, not whenever a member's task next wakes (its
+    // ping timer, seconds later): the bound is far above the milliseconds this takes.
+    let everyone = async {
+        for member in &mut members {
+            for i in 0..300 {
+                assert_eq!(next_text(member).await, format!("burst {i}"));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), everyone)
+        .await
+        .expect("the burst reached every member within the bound");
+}
+
 #[tokio::test]
 async fn broadcasts_reach_every_member_compressed_or_not() {
     let (addr, _) = start(
