@@ -66,9 +66,8 @@ open connections carrying the victim's cookies (cross-site WebSocket hijacking);
 **What roost does not bound.** There is no rate limit, per-address limit or authentication
 before the handshake: a client can keep a connection busy at line rate (at linear cost), and
 many clients can each hold a handshake open for `handshake_timeout`, up to the process's file
-descriptor limit. `roost serve --app echo` runs the bare driver: it has no connection limit,
-no Origin check and no idle timeout, so a silent established connection stays open until TCP
-notices. Worst-case memory is per connection (about one message plus the output queue), so
+descriptor limit. `roost serve --app echo` runs the bare driver: it has no connection limit
+and no Origin check; a silent connection is closed (1001) after `--idle-timeout` (75 s). Worst-case memory is per connection (about one message plus the output queue), so
 `max_connections`, `max_message_size` and `max_outbound` must be sized together for the
 machine. TLS is terminated by roost only for the echo app (`--tls-cert`); put the application
 server behind a TLS terminator.

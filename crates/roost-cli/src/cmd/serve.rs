@@ -1,6 +1,11 @@
 //! `roost serve`: the echo app over ws:// or wss://.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use roost::Config;
@@ -45,6 +50,18 @@ pub(crate) struct Args {
     /// With --cluster: seconds after which the members of a vanished process leave presence.
     #[arg(long, default_value_t = 6.0)]
     presence_ttl: f64,
+    /// Seconds without a frame from a client after which its connection is closed (1001):
+    /// drops peers that vanished without a word. Chat and bench ping a quiet client first.
+    /// 0 keeps quiet connections forever.
+    #[arg(long, default_value_t = 75.0)]
+    idle_timeout: f64,
+}
+
+impl Args {
+    /// The idle timeout, `None` when disabled.
+    fn idle(&self) -> Option<Duration> {
+        (self.idle_timeout > 0.0).then(|| Duration::from_secs_f64(self.idle_timeout))
+    }
 }
 
 /// The applications `roost serve` can run.
@@ -97,6 +114,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!(app = ?args.app, "listening on {scheme}://{}", listener.local_addr()?);
     let config = Arc::new(config);
+    let idle = args.idle();
     // Failed accepts since the last good one (out of descriptors, most often).
     let mut failed_accepts = 0u64;
     loop {
@@ -109,7 +127,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     }
                     let (config, tls) = (config.clone(), tls.clone());
                     tokio::spawn(async move {
-                        if let Err(error) = serve_connection(tcp, &config, tls).await {
+                        if let Err(error) = serve_connection(tcp, &config, tls, idle).await {
                             debug!(%peer, %error, "connection ended with an error");
                         }
                     });
@@ -137,6 +155,7 @@ async fn serve_connection(
     tcp: TcpStream,
     config: &Config,
     tls: Option<roost::tls::TlsAcceptor>,
+    idle: Option<Duration>,
 ) -> Result<(), roost::Error> {
     tcp.set_nodelay(true)?;
     match tls {
@@ -145,24 +164,68 @@ async fn serve_connection(
                 tokio::time::timeout(config.limits().handshake_timeout, acceptor.accept(tcp))
                     .await
                     .map_err(|_| roost::Error::Timeout("the TLS handshake took too long"))??;
-            echo(roost::accept_with(stream, config, |_, response| Ok(response)).await?).await
+            let ws = roost::accept_with(stream, config, |_, response| Ok(response)).await?;
+            echo(ws, idle, config.limits().close_timeout).await
         }
-        None => echo(roost::accept_with(tcp, config, |_, response| Ok(response)).await?).await,
+        None => {
+            let ws = roost::accept_with(tcp, config, |_, response| Ok(response)).await?;
+            echo(ws, idle, config.limits().close_timeout).await
+        }
     }
 }
 
-async fn echo<S>(mut ws: roost::WebSocket<S>) -> Result<(), roost::Error>
+async fn echo<S>(
+    mut ws: roost::WebSocket<S>,
+    idle: Option<Duration>,
+    close_timeout: Duration,
+) -> Result<(), roost::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    while let Some(message) = ws.recv().await {
-        let message = message?;
-        if message.is_data() {
-            ws.send(message).await?;
+    // The timer is set once per idle period, not per message: when it fires early (frames
+    // came meanwhile) it is moved to the last frame plus the timeout.
+    let idle = idle.unwrap_or(FOREVER);
+    let mut last_frame = Instant::now();
+    let timer = tokio::time::sleep_until(deadline(last_frame, idle));
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            message = ws.recv() => {
+                let Some(message) = message else { break };
+                let message = message?;
+                last_frame = Instant::now();
+                if message.is_data() {
+                    ws.send(message).await?;
+                }
+            }
+            () = &mut timer => {
+                if last_frame.elapsed() < idle {
+                    timer.as_mut().reset(deadline(last_frame, idle));
+                    continue;
+                }
+                debug!("no frame for the idle timeout; closing with 1001");
+                let frame = roost::CloseFrame::new(roost::CloseCode::GOING_AWAY, "idle timeout");
+                ws.close(Some(frame)).await?;
+                // The reply, if the peer is still there, within the close timeout.
+                let _ = tokio::time::timeout(close_timeout, async {
+                    while ws.recv().await.is_some() {}
+                })
+                .await;
+                break;
+            }
         }
     }
     debug!(status = ?ws.close_status(), "connection closed");
     Ok(())
+}
+
+/// An idle timeout that never comes (a year: far, and no overflow when added to an instant).
+const FOREVER: Duration = Duration::from_secs(86_400 * 365);
+
+/// When a connection whose last frame came at `last` goes idle.
+fn deadline(last: Instant, idle: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(last + idle)
 }
 
 /// Runs an app built on roost-server (graceful shutdown on SIGTERM and SIGINT).
@@ -197,6 +260,11 @@ async fn run_server_app(args: Args) -> anyhow::Result<()> {
                 presence_ttl: std::time::Duration::from_secs_f64(args.presence_ttl.max(0.3)),
                 ..roost_server::ClusterConfig::new(url)
             }),
+        idle_timeout: args.idle().unwrap_or(FOREVER),
+        // A quiet client is pinged before it is dropped.
+        ping_interval: args.idle().map_or(defaults.ping_interval, |idle| {
+            defaults.ping_interval.min(idle / 2)
+        }),
         ..defaults
     };
     if args.cluster.is_some() && args.durable.is_some() {
