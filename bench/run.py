@@ -17,6 +17,7 @@ bench/peers`. Stacks whose binaries are missing are reported as such, not skippe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "bench" / "peers"
@@ -135,14 +137,29 @@ class Result:
         return statistics.median(self.values) if self.values else None
 
 
-def run_once(stack: str, scenario: Scenario, duration: int, warmup: int) -> float:
+@contextlib.contextmanager
+def serving(command: list[str]) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Runs a server (`{addr}` in `command` becomes a free address) pinned to core 0 until
+    the block ends; yields its address and process."""
     addr = free_addr()
-    command = [part.replace("{addr}", addr) for part in STACKS[stack]]
-    server = subprocess.Popen(pin(0, command), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(pin(0, [part.replace("{addr}", addr) for part in command]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     try:
         if not wait_for(addr, time.monotonic() + 20):
             raise RuntimeError("the server did not start listening")
+        yield addr, server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def run_once(stack: str, scenario: Scenario, duration: int, warmup: int) -> float:
+    with serving(STACKS[stack]) as (addr, server):
         args = list(scenario.args)
         if stack == "raw-tcp":
             args.append("--raw-tcp")
@@ -157,25 +174,12 @@ def run_once(stack: str, scenario: Scenario, duration: int, warmup: int) -> floa
         if done.returncode != 0:
             raise RuntimeError((done.stderr.strip().splitlines() or ["failed"])[-1])
         return float(dig(json.loads(done.stdout.strip().splitlines()[-1]), scenario.metric))
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def run_client_once(client: str, duration: int, warmup: int) -> tuple[float, float]:
     """One run of the client scenario: msgs/s, and the client's CPU use (1.0 = one core busy
     for the whole run), which tells whether the client or the server was the limit."""
-    addr = free_addr()
-    server = subprocess.Popen(pin(0, [str(ROOST), "serve", "--app", "bench", "--listen", addr]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    try:
-        if not wait_for(addr, time.monotonic() + 20):
-            raise RuntimeError("the server did not start listening")
+    with serving(STACKS["roost"]) as (addr, _):
         command = pin(1, [*CLIENTS[client], "--url", f"ws://{addr}/", "--duration", str(duration),
                           "--warmup", str(warmup)])
         # The CPU time of reaped children grows by the client's alone: the server is reaped
@@ -193,13 +197,6 @@ def run_client_once(client: str, duration: int, warmup: int) -> tuple[float, flo
             raise RuntimeError((done.stderr.strip().splitlines() or ["failed"])[-1])
         cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
         return float(json.loads(done.stdout.strip().splitlines()[-1])["msgs_per_s"]), cpu
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def cluster_broadcast(duration: int, warmup: int, runs: int) -> dict[str, Result]:
