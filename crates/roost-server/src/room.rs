@@ -152,6 +152,11 @@ impl Room {
 
     /// Sends `data` to every member, encoding (and compressing) it once; in a cluster, to the
     /// members on every other process too.
+    ///
+    /// Called from a handler of this room's connection, the frames are queued and written
+    /// when that connection is done with the batch of messages it received together (one
+    /// write per member for the whole batch): a handler that must know a broadcast left
+    /// before it waits on something else should return first.
     pub fn broadcast(&self, data: impl Into<Data>) -> BroadcastReport {
         self.broadcast_filtered(data.into(), None, true)
     }
