@@ -381,8 +381,8 @@ TARGETS = [
     ("echo64", ["bun"], 1.25, "echo 64 B: >= 1.25x Bun",
      "per-message work in the server: parsing a small frame costs more than tungstenite's "
      "(micro-benchmark receive_64b below; perf: finishing the frame, copying the payload into "
-     "the message buffer, the event queue); an earlier callgrind profile put 61% of the "
-     "server's instructions in the kernel"),
+     "the message buffer, the event queue); an earlier profile put 61% of the server's "
+     "time in the kernel"),
     ("echo64", ["raw-tcp"], 0.9, "echo 64 B: >= 0.9x raw TCP", "the same"),
     ("echo16k", ["raw-tcp"], 0.9, "echo 16 KiB: >= 0.9x raw TCP",
      "not profiled yet; every received 16 KiB payload is copied once into the message "

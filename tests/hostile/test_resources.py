@@ -35,7 +35,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from conftest import (
-    CLIENT_TIMEOUT, GOOD_ORIGIN, ROOST_BIN, Client, Recorder, Server, start_server, stop_server,
+    CLIENT_TIMEOUT, GOOD_ORIGIN, ROOST_BIN, Client, Recorder, RssSampler, Server, Snapshot,
+    start_server, stop_server,
 )
 from test_hostile import read_http_answer, upgrade_request
 
@@ -45,13 +46,14 @@ TMPFS_SIZE = "256k"  # the durable directory's disk in the disk-full test
 
 
 def record(recorder: Recorder, server: Server, *, case: str, sent: str, expected: str,
-           observed: str, problems: list[str], ms: float | None, rss_before_kib: int,
-           fds_released: bool, shown_args: list[str]) -> None:
-    """Adds one record in the hostile suite's format (class `resources`)."""
+           observed: str, problems: list[str], ms: float | None, before: Snapshot,
+           after: Snapshot, peak_kib: int, fds_released: bool, shown_args: list[str],
+           alive: bool) -> None:
+    """Adds one record in the hostile suite's format (class `resources`): `before` and
+    `after` bracket the fault on `server`, `peak_kib` is its RSS sampled during it, `alive`
+    whether the server (or the one restarted after it) still serves."""
     target = f"{server.app}-{case}"
     recorder.servers[target] = {"app": server.app, "args": shown_args}
-    alive = server.is_running()
-    rss_after = server.rss_kib() if alive else rss_before_kib
     recorder.add({
         "id": f"resources/{case}[{target}]",
         "class": "resources",
@@ -61,10 +63,10 @@ def record(recorder: Recorder, server: Server, *, case: str, sent: str, expected
         "observed": observed,
         "detail": "",
         "time_to_answer_ms": None if ms is None else round(ms, 1),
-        "rss_before_kib": rss_before_kib,
-        "rss_peak_delta_kib": rss_after - rss_before_kib,
-        "rss_after_delta_kib": rss_after - rss_before_kib,
-        "cpu_ms": 0.0,
+        "rss_before_kib": before.rss_kib,
+        "rss_peak_delta_kib": peak_kib - before.rss_kib,
+        "rss_after_delta_kib": after.rss_kib - before.rss_kib,
+        "cpu_ms": round(after.cpu_ms - before.cpu_ms, 1),
         "fds_released": fds_released,
         "server_alive": alive,
         "bystander_ok": not any(p.startswith("the bystander") for p in problems),
@@ -116,8 +118,9 @@ def test_out_of_descriptors(app: str, workdir: Path, recorder: Recorder) -> None
     try:
         bystander = Client(server, "bystander")
         assert bystander.round_trip()
-        floor = server.fds()
-        rss_before = server.rss_kib()
+        before = server.snapshot()
+        floor = before.fds
+        sampler = RssSampler(server).__enter__()
         # Upgrade until one request goes unanswered: the server is out of descriptors. Each
         # answered connection stays open, holding one of the server's descriptors.
         waiting = None
@@ -171,12 +174,14 @@ def test_out_of_descriptors(app: str, workdir: Path, recorder: Recorder) -> None
         released = server.wait_fds(floor, 5.0) <= floor
         if not released:
             problems.append(f"{server.fds() - floor} descriptors not released")
+        sampler.__exit__(None, None, None)
         record(recorder, server, case="out-of-descriptors",
                sent=f"connections until the server's {FD_LIMIT} descriptors run out, then 4 end",
                expected="keeps serving; reports it; accepts again once descriptors free",
                observed=observed if not problems else "; ".join(problems), problems=problems,
-               ms=ms, rss_before_kib=rss_before, fds_released=released,
-               shown_args=[*args, f"(ulimit -n {FD_LIMIT})"])
+               ms=ms, before=before, after=server.snapshot(), peak_kib=sampler.peak_kib,
+               fds_released=released, shown_args=[*args, f"(ulimit -n {FD_LIMIT})"],
+               alive=server.is_running())
         bystander.close()
     finally:
         for sock in held:
@@ -294,11 +299,14 @@ def test_disk_full(workdir: Path, recorder: Recorder) -> None:
     acked: dict[str, str] = {}  # name -> resume token
     open_ws: list[ClientConnection] = []
     try:
-        rss_before = server.rss_kib()
         for n in range(5):
             ws, token = register(server, f"before-{n}")
             acked[f"before-{n}"] = token
             open_ws.append(ws)
+        # Measured on this server from here until the kill: RSS, CPU, and descriptors (the
+        # refused client's socket and the failed write's temporary file must be released).
+        before = server.snapshot()
+        sampler = RssSampler(server).__enter__()
         filler = disk.outside(disk.path / "filler")
         fill(filler)
         outcome, ms = refused_name(server, "while-full")
@@ -320,11 +328,17 @@ def test_disk_full(workdir: Path, recorder: Recorder) -> None:
                             "attachments alone (a torn or temporary file?)")
         if len(listed_ids(disk.outside(store))) != len(acked):
             problems.append("`roost attachments list` does not show every acknowledged name")
+        released = server.wait_fds(before.fds, 5.0) <= before.fds
+        if not released:
+            problems.append(f"{server.fds() - before.fds} descriptors not released")
         filler.unlink()
         ws, token = register(server, "after-freeing")
         acked["after-freeing"] = token
         open_ws.append(ws)
         observed += "; names stored again once space was freed"
+        sampler.__exit__(None, None, None)
+        after = server.snapshot()
+        measured = server
         # kill -9, restart on the same directory: every acknowledged name resumes.
         server.process.send_signal(signal.SIGKILL)
         server.process.wait()
@@ -337,15 +351,16 @@ def test_disk_full(workdir: Path, recorder: Recorder) -> None:
             problems.append(f"after kill -9 and a restart these names did not resume: {lost}")
         else:
             observed += f"; all {len(acked)} acknowledged names resumed after kill -9"
-        record(recorder, server, case="disk-full",
+        record(recorder, measured, case="disk-full",
                sent="5 names stored, then the durable directory's disk filled and a 6th "
                     "name sent; space freed; kill -9 and restart",
                expected="close 1011 to that client only; no torn file; every acknowledged "
                         "name resumes",
                observed=observed if not problems else "; ".join(problems), problems=problems,
-               ms=ms, rss_before_kib=rss_before, fds_released=True,
-               shown_args=["--durable", f"DIR (tmpfs of {TMPFS_SIZE})", "--allow-origin",
-                           GOOD_ORIGIN])
+               ms=ms, before=before, after=after, peak_kib=sampler.peak_kib,
+               fds_released=released, shown_args=["--durable", f"DIR (tmpfs of {TMPFS_SIZE})", "--allow-origin",
+                           GOOD_ORIGIN],
+               alive=server.is_running() and not lost)
     finally:
         for ws in open_ws:
             ws.close_socket()
