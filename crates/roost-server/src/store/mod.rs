@@ -249,6 +249,19 @@ impl StoreError {
     }
 }
 
+/// What `store` lists, as (id, length) pairs: what the store tests compare with a model.
+#[cfg(test)]
+pub(crate) fn listed(
+    store: &dyn AttachmentStore,
+) -> std::collections::BTreeSet<(ConnectionId, u64)> {
+    store
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|entry| (entry.id, entry.len))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::thread;
 
 use super::*;
+use crate::store::listed;
 
 /// The names in `DIR/ws`, sorted.
 fn names(store: &DirStore) -> BTreeSet<String> {
@@ -42,16 +43,7 @@ fn put_get_remove_list() {
         b"alpha"
     );
 
-    let mut listed: Vec<_> = store
-        .list()
-        .expect("list")
-        .into_iter()
-        .map(|entry| (entry.id, entry.len))
-        .collect();
-    listed.sort();
-    let mut expected = vec![(a, 5), (b, 0)];
-    expected.sort();
-    assert_eq!(listed, expected);
+    assert_eq!(listed(&store), BTreeSet::from([(a, 5), (b, 0)]));
 
     store.remove(a).expect("remove");
     store

@@ -11,6 +11,7 @@ use std::thread;
 use std::time::Instant;
 
 use super::*;
+use crate::store::listed;
 
 /// The server binary, looked up on `PATH`.
 const REDIS_SERVER: &str = "redis-server";
@@ -121,15 +122,6 @@ fn raw(server: &RedisServer) -> Connection {
         .expect("connect")
 }
 
-fn ids_and_lens(store: &RedisStore) -> BTreeSet<(ConnectionId, u64)> {
-    store
-        .list()
-        .expect("list")
-        .into_iter()
-        .map(|entry| (entry.id, entry.len))
-        .collect()
-}
-
 #[test]
 fn put_get_remove_list() {
     let server = RedisServer::start();
@@ -149,22 +141,19 @@ fn put_get_remove_list() {
     assert_eq!(store.get(b).expect("get").as_deref(), Some(&b""[..]));
     assert_eq!(store.get(c).expect("get"), Some(binary));
 
-    let listed = store.list().expect("list");
-    assert_eq!(listed.len(), 3);
-    for entry in &listed {
+    let entries = store.list().expect("list");
+    assert_eq!(entries.len(), 3);
+    for entry in &entries {
         assert!(entry.modified >= before && entry.modified <= SystemTime::now() + IO_TIMEOUT);
     }
-    assert_eq!(
-        ids_and_lens(&store),
-        BTreeSet::from([(a, 5), (b, 0), (c, 256)])
-    );
+    assert_eq!(listed(&store), BTreeSet::from([(a, 5), (b, 0), (c, 256)]));
 
     store.remove(a).expect("remove");
     store
         .remove(a)
         .expect("removing an absent attachment is fine");
     assert_eq!(store.get(a).expect("get"), None);
-    assert_eq!(ids_and_lens(&store), BTreeSet::from([(b, 0), (c, 256)]));
+    assert_eq!(listed(&store), BTreeSet::from([(b, 0), (c, 256)]));
 }
 
 #[test]
@@ -198,7 +187,7 @@ fn put_overwrites() {
     store.put(id, b"a much longer first value").expect("put");
     store.put(id, b"short").expect("overwrite");
     assert_eq!(store.get(id).expect("get").as_deref(), Some(&b"short"[..]));
-    assert_eq!(ids_and_lens(&store), BTreeSet::from([(id, 5)]));
+    assert_eq!(listed(&store), BTreeSet::from([(id, 5)]));
 }
 
 #[test]
@@ -261,7 +250,7 @@ fn adopt_moves_once() {
     );
     assert_eq!(store.get(old).expect("get"), None);
     assert_eq!(store.get(new).expect("get").as_deref(), Some(&b"state"[..]));
-    assert_eq!(ids_and_lens(&store), BTreeSet::from([(new, 5)]));
+    assert_eq!(listed(&store), BTreeSet::from([(new, 5)]));
     assert_eq!(
         store.adopt(old, ConnectionId::random()).expect("again"),
         None
