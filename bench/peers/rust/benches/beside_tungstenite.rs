@@ -53,7 +53,9 @@ fn client_frames(payload: &[u8], count: usize, text: bool) -> Bytes {
     let mut client = Connection::client(Config::default(), Negotiated::default(), || [9, 8, 7, 6]);
     for _ in 0..count {
         if text {
-            client.send_text(std::str::from_utf8(payload).unwrap()).unwrap();
+            client
+                .send_text(std::str::from_utf8(payload).unwrap())
+                .unwrap();
         } else {
             client.send_binary(payload).unwrap();
         }
@@ -141,11 +143,18 @@ fn fanout(c: &mut Criterion) {
     let payload = Bytes::from_static(&[0x42; 64]);
     let mut group = c.benchmark_group("fanout_64b_1000");
     group.throughput(Throughput::Elements(MEMBERS as u64));
-    let mut queues: Vec<Vec<Bytes>> = vec![Vec::with_capacity(1); MEMBERS];
+    let mut queues: Vec<Vec<Bytes>> = (0..MEMBERS).map(|_| Vec::with_capacity(1)).collect();
     group.bench_function("roost", |b| {
         b.iter(|| {
             let mut frame = BytesMut::new();
-            roost_proto::frame::encode_frame(&mut frame, OpCode::Binary, true, false, None, &payload);
+            roost_proto::frame::encode_frame(
+                &mut frame,
+                OpCode::Binary,
+                true,
+                false,
+                None,
+                &payload,
+            );
             let frame = frame.freeze();
             for queue in &mut queues {
                 queue.clear();
@@ -165,7 +174,8 @@ fn fanout(c: &mut Criterion) {
     group.bench_function("tungstenite", |b| {
         b.iter(|| {
             for ws in &mut sockets {
-                ws.send(tungstenite::Message::Binary(payload.clone())).unwrap();
+                ws.send(tungstenite::Message::Binary(payload.clone()))
+                    .unwrap();
             }
         })
     });

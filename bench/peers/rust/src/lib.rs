@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Address used when neither `--listen` nor `HOST`/`PORT` is given.
@@ -117,6 +117,17 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// The next connection. A failed accept (out of descriptors, most often) is printed and
+/// retried, so the connections already open keep being served.
+pub async fn accept(listener: &TcpListener) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(err) => eprintln!("accept: {err}"),
+        }
+    }
 }
 
 /// The room named by a request path: `/room/<name>` with a non-empty name (the query string,

@@ -18,7 +18,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use roost_bench_peers::{Args, Membership, Rooms, listen, room_name};
+use roost_bench_peers::{Args, Membership, Rooms, accept, listen, room_name};
 use tokio::sync::mpsc;
 
 /// What a room member's writer task sends: an opcode and the whole payload.
@@ -37,13 +37,7 @@ async fn serve(args: Args) -> io::Result<()> {
     );
     let rooms = Rooms::new();
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                eprintln!("accept: {err}");
-                continue;
-            }
-        };
+        let stream = accept(&listener).await;
         // Latency over batching, as every peer sets it.
         let _ = stream.set_nodelay(true);
         let rooms = Arc::clone(&rooms);

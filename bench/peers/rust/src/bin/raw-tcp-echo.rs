@@ -1,7 +1,7 @@
 //! The ceiling: a TCP server that writes back every byte it reads, with no WebSocket framing,
 //! handshake or rooms. It bounds what any WebSocket stack could reach on this machine.
 
-use roost_bench_peers::{Args, listen};
+use roost_bench_peers::{Args, accept, listen};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -14,13 +14,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
     let listener = listen(args.listen)?;
     println!("raw-tcp-echo listening on {}", listener.local_addr()?);
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                eprintln!("accept: {err}");
-                continue;
-            }
-        };
+        let stream = accept(&listener).await;
         tokio::spawn(async move {
             // A reset peer ends its connection; nothing else to do.
             let _ = echo(stream).await;

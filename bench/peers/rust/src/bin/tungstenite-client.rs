@@ -49,7 +49,11 @@ fn parse() -> Result<Args, String> {
             std::process::exit(0);
         }
         let value = argv.next().ok_or(format!("{flag} needs a value"))?;
-        let number = || value.parse::<u64>().map_err(|_| format!("{flag} needs a number"));
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag} needs a number"))
+        };
         match flag.as_str() {
             "--url" => args.url = value.clone(),
             "-c" | "--connections" => args.connections = number()? as usize,
@@ -71,7 +75,9 @@ struct Payloads {
 
 impl Payloads {
     fn new(size: usize) -> Self {
-        Payloads { template: (0..size).map(|i| b'a' + (i % 26) as u8).collect() }
+        Payloads {
+            template: (0..size).map(|i| b'a' + (i % 26) as u8).collect(),
+        }
     }
 
     fn message(&self, seq: u64) -> Message {
@@ -89,12 +95,18 @@ impl Payloads {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn pump(mut ws: Ws, args: Arc<Args>, received: Arc<AtomicU64>, stop: Arc<AtomicBool>)
--> Result<(), String> {
+async fn pump(
+    mut ws: Ws,
+    args: Arc<Args>,
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
     let payloads = Payloads::new(args.size);
     let (mut sent, mut next) = (0u64, 0u64);
     for _ in 0..args.in_flight {
-        ws.feed(payloads.message(sent)).await.map_err(|e| e.to_string())?;
+        ws.feed(payloads.message(sent))
+            .await
+            .map_err(|e| e.to_string())?;
         sent += 1;
     }
     ws.flush().await.map_err(|e| e.to_string())?;
@@ -107,13 +119,17 @@ async fn pump(mut ws: Ws, args: Arc<Args>, received: Arc<AtomicU64>, stop: Arc<A
             echoes.push(more.map_err(|e| e.to_string())?);
         }
         for echo in echoes {
-            let Message::Binary(bytes) = echo else { continue };
+            let Message::Binary(bytes) = echo else {
+                continue;
+            };
             if !payloads.matches(next, &bytes) {
                 return Err(format!("echo {next} differs from what was sent"));
             }
             next += 1;
             received.fetch_add(1, Relaxed);
-            ws.feed(payloads.message(sent)).await.map_err(|e| e.to_string())?;
+            ws.feed(payloads.message(sent))
+                .await
+                .map_err(|e| e.to_string())?;
             sent += 1;
         }
         ws.flush().await.map_err(|e| e.to_string())?;
@@ -169,7 +185,9 @@ async fn run(args: Args) -> Result<(), String> {
         rate * args.size as f64 / 1048576.0
     );
     if errors > 0 {
-        return Err(format!("{errors} connection(s) failed or echoed a wrong payload"));
+        return Err(format!(
+            "{errors} connection(s) failed or echoed a wrong payload"
+        ));
     }
     Ok(())
 }
@@ -183,7 +201,9 @@ fn main() {
         }
     };
     // The same runtime as `roost bench`: multi-thread, one worker per CPU it may use.
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
     let result = match runtime {
         Ok(runtime) => runtime.block_on(run(args)),
         Err(error) => Err(format!("cannot start the runtime: {error}")),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use roost_bench_peers::{Args, Membership, Rooms, listen, room_name};
+use roost_bench_peers::{Args, Membership, Rooms, accept, listen, room_name};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -21,14 +21,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
     println!("tungstenite-server listening on {}", listener.local_addr()?);
     let rooms = Rooms::new();
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // Out of descriptors and the like: keep serving the connections already open.
-            Err(err) => {
-                eprintln!("accept: {err}");
-                continue;
-            }
-        };
+        let stream = accept(&listener).await;
         let rooms = Arc::clone(&rooms);
         tokio::spawn(async move {
             // Peers that hang up or break the protocol are routine under load; log the rest.
