@@ -16,9 +16,11 @@ use common::{LIMIT, serve, within};
 async fn quiet_clients_are_closed_after_the_idle_timeout_and_talkative_ones_are_not() {
     let server = serve(&["--app", "echo", "--idle-timeout", "1"]);
     let url = format!("ws://{}/", server.addr);
+    // The server's idle clock starts when it accepts the quiet client, so ours starts before
+    // the connect: a slow second connect must not make the close look early.
+    let opened = Instant::now();
     let (mut quiet, _) = within(roost::connect(&url)).await.unwrap();
     let (mut talkative, _) = within(roost::connect(&url)).await.unwrap();
-    let opened = Instant::now();
 
     // The talkative client sends a message every 300 ms for three idle periods; every one
     // comes back.
