@@ -50,6 +50,7 @@ class Stack:
     command: list[str]  # with "{listen}" where the address goes
     build_hint: str
     websocket: bool = True
+    compression: bool = False  # accepts permessage-deflate (the compressed-echo scenario)
 
     def missing(self) -> Path | None:
         program = Path(self.command[0])
@@ -62,12 +63,12 @@ def stacks(threads: int, roost: Path | None) -> list[Stack]:
     found = [
         Stack("tungstenite", [str(RUST_BIN / "tungstenite-server"), "--listen", "{listen}", *threaded], rust_hint),
         Stack("fastwebsockets", [str(RUST_BIN / "fastwebsockets-server"), "--listen", "{listen}", *threaded], rust_hint),
-        Stack("bun", [str(BUN), str(PEERS / "bun" / "server.js"), "--listen", "{listen}"], "npm ci --prefix bench/peers"),
-        Stack("node-ws", ["node", str(PEERS / "node-ws" / "server.js"), "--listen", "{listen}"], "npm ci --prefix bench/peers"),
+        Stack("bun", [str(BUN), str(PEERS / "bun" / "server.js"), "--listen", "{listen}"], "npm ci --prefix bench/peers", compression=True),
+        Stack("node-ws", ["node", str(PEERS / "node-ws" / "server.js"), "--listen", "{listen}"], "npm ci --prefix bench/peers", compression=True),
         Stack("raw-tcp", [str(RUST_BIN / "raw-tcp-echo"), "--listen", "{listen}", *threaded], rust_hint, websocket=False),
     ]
     if roost is not None:
-        found.insert(0, Stack("roost", [str(roost), "serve", "--app", "bench", "--listen", "{listen}"], "cargo build --release -p roost-cli"))
+        found.insert(0, Stack("roost", [str(roost), "serve", "--app", "bench", "--listen", "{listen}"], "cargo build --release -p roost-cli", compression=True))
     return found
 
 
@@ -140,6 +141,17 @@ async def check_echo(url: str) -> list[str]:
     return ["echo-text", "echo-binary", "echo-64k", "echo-64k-text", "fragmented"]
 
 
+async def check_compressed_echo(url: str) -> list[str]:
+    async with connect(url + "/", compression="deflate", ping_interval=None) as ws:
+        if not any(ext.name == "permessage-deflate" for ext in ws.protocol.extensions):
+            raise CheckFailed("compression: the server declined permessage-deflate")
+        record = '{"id": 1, "user": "roost", "tags": ["a", "b"], "ok": true}'
+        text = (record * 20)[:1024]
+        await ws.send(text)
+        await expect(ws, text, "compressed-echo")
+    return ["compressed-echo"]
+
+
 async def check_ping(url: str) -> list[str]:
     async with connect(url + "/", compression=None, ping_interval=None) as ws:
         pong = await ws.ping(b"roost-ping")
@@ -210,6 +222,8 @@ async def run_checks(stack: Stack, port: int) -> list[str]:
     passed = []
     for check in (check_echo, check_ping, check_close, check_room):
         passed += await check(url)
+    if stack.compression:
+        passed += await check_compressed_echo(url)
     return passed
 
 

@@ -5,6 +5,8 @@
 // Settings changed from Bun's defaults, so that Bun runs the same app as the other peers:
 //   idleTimeout 0, sendPings false   no server-side idle timeout or keepalive pings (default 120 s)
 //   backpressureLimit 0               never drop a message for a slow reader (default: drop past 16 MiB)
+//   perMessageDeflate true            accept permessage-deflate (off by default), and compress
+//                                     each echo (`ws.send(message, true)`), as roost and ws do
 //   listen backlog 4096               Bun.serve listens with 512 and has no option for it; we call
 //                                     listen(2) again on its socket, which Linux allows to resize
 //                                     the queue (--bun-backlog keeps Bun's own)
@@ -29,15 +31,15 @@ const server = Bun.serve({
     idleTimeout: 0,
     sendPings: false,
     backpressureLimit: 0,
-    perMessageDeflate: false,
+    perMessageDeflate: true,
     open(ws) {
       if (ws.data.room !== null) ws.subscribe(ws.data.room);
     },
     // A string arrives for a text message and a Buffer for a binary one; sending either back
     // keeps the opcode.
     message(ws, message) {
-      if (ws.data.room === null) ws.send(message);
-      else ws.publish(ws.data.room, message);
+      if (ws.data.room === null) ws.send(message, true);
+      else ws.publish(ws.data.room, message, true);
     },
   },
 });

@@ -147,6 +147,14 @@ pub(crate) async fn open(
         .handshake(tcp)
         .await
         .with_context(|| format!("handshake {index}"))?;
+    // A server that declines compression would turn a compressed benchmark into a plain one
+    // without anyone noticing.
+    if target.config.deflate().enabled && ws.negotiated().deflate.is_none() {
+        anyhow::bail!(
+            "the server declined permessage-deflate (connection {index}); enable compression \
+             on the server or drop --deflate"
+        );
+    }
     Ok(ws)
 }
 
