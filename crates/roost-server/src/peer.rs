@@ -429,7 +429,7 @@ impl Peer {
     fn read_ready(&self) -> bool {
         READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
-            match self.socket.try_read(&mut buf) {
+            match self.try_read_draining(&mut buf) {
                 Ok(0) => {
                     self.core().receive_eof();
                     true
@@ -446,6 +446,27 @@ impl Peer {
                 }
             }
         })
+    }
+
+    /// Reads once. A short read emptied the socket's receive queue, so the socket's readiness
+    /// is cleared as well: the next wait then sleeps until new bytes arrive instead of
+    /// returning at once for a read that would only say "would block" (one system call per
+    /// batch saved). tokio's `poll_read` does the same; `try_read` alone does not. A byte that
+    /// arrives during the read raises readiness again, and tokio keeps that.
+    fn try_read_draining(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut read = None;
+        let result = self.socket.try_io(tokio::io::Interest::READABLE, || {
+            let n = self.socket.try_read(buf)?;
+            if n == 0 || n == buf.len() {
+                return Ok(n);
+            }
+            read = Some(n);
+            Err(io::ErrorKind::WouldBlock.into())
+        });
+        match read {
+            Some(n) => Ok(n),
+            None => result,
+        }
     }
 
     fn go_dormant(&self) {
