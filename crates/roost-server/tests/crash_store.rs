@@ -235,6 +235,9 @@ fn parse(id: ConnectionId, bytes: &[u8]) -> Option<u32> {
 fn child(dir: &Path) {
     let store = DirStore::open(dir).expect("child: open");
     let mut stdout = std::io::stdout().lock();
+    // libtest has printed "test NAME ... " without a newline; the first acknowledgement must
+    // start a line of its own, or the parent would take it for libtest's output.
+    writeln!(stdout).expect("child: stdout");
     let mut live: Vec<(ConnectionId, u32)> = Vec::new();
     for operation in 0..CHILD_OPERATIONS {
         let line = match operation % 8 {
