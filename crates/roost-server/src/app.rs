@@ -6,7 +6,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicUsize, Ordering::Relaxed},
     },
     time::{Duration, Instant, SystemTime},
@@ -28,7 +28,7 @@ use crate::{
     AttachmentError, Metrics, ServerConfig,
     broker::Cluster,
     handler::{DynHandler, DynHttpHandler, Handler, HttpHandler, not_found},
-    peer::{self, Peer},
+    peer::{self, Due, Peer, Sleeper},
     plain_http::serve_http,
     resume::{ResumeKey, UsedTokens},
     room::{Room, Rooms},
@@ -200,6 +200,8 @@ impl App {
             metrics: Metrics::default(),
             shutdown,
             peers: Mutex::new(HashMap::new()),
+            sleeping: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
             store,
             resume_key,
             used_tokens: UsedTokens::new(),
@@ -208,6 +210,7 @@ impl App {
             tasks_done: Notify::new(),
             cluster,
         });
+        tokio::spawn(sweep_sleepers(Arc::downgrade(&shared)));
         if let Some(mut incoming) = incoming {
             // Messages from the other processes, delivered to this one's members.
             let shared = Arc::downgrade(&shared);
@@ -267,6 +270,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: watch::Receiver<bool>,
     peers: Mutex<HashMap<ConnectionId, Weak<Peer>>>,
+    /// Hibernating connections: no task runs for them until [`Shared::wake`].
+    sleeping: Mutex<HashMap<ConnectionId, Sleeper>>,
+    /// Where woken connections' tasks run.
+    runtime: tokio::runtime::Handle,
     store: Arc<dyn AttachmentStore>,
     resume_key: ResumeKey,
     used_tokens: UsedTokens,
@@ -316,6 +323,35 @@ impl Shared {
 
     pub(crate) fn ready(&self) -> bool {
         self.cluster.as_ref().is_none_or(|cluster| cluster.ready())
+    }
+
+    /// Keeps a hibernating connection until something wakes it.
+    pub(crate) fn sleep(&self, id: ConnectionId, sleeper: Sleeper) {
+        self.sleeping().insert(id, sleeper);
+        self.metrics.hibernating.fetch_add(1, Relaxed);
+    }
+
+    /// Starts a task for connection `id` if it hibernates (a no-op otherwise: it is awake, or
+    /// another wake-up came first).
+    pub(crate) fn wake(&self, id: ConnectionId) {
+        let sleeper = self.sleeping().remove(&id);
+        if let Some(sleeper) = sleeper {
+            self.metrics.hibernating.fetch_sub(1, Relaxed);
+            self.runtime.spawn(sleeper.resume());
+        }
+    }
+
+    /// Wakes every hibernating connection (the shutdown closes each from its task).
+    fn wake_all(&self) {
+        let sleepers: Vec<Sleeper> = self.sleeping().drain().map(|(_, s)| s).collect();
+        for sleeper in sleepers {
+            self.metrics.hibernating.fetch_sub(1, Relaxed);
+            self.runtime.spawn(sleeper.resume());
+        }
+    }
+
+    fn sleeping(&self) -> MutexGuard<'_, HashMap<ConnectionId, Sleeper>> {
+        self.sleeping.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn forget(&self, id: ConnectionId) {
@@ -505,6 +541,7 @@ impl Server {
         }
         drop(listener);
         let _ = trigger.send(true);
+        shared.wake_all();
         if let Some(cluster) = &shared.cluster {
             cluster.depart().await;
         }
@@ -712,10 +749,50 @@ async fn accept_ws(
         .insert(id, Arc::downgrade(&peer));
     let (handler, url) = (route.handler.clone(), request.uri().clone());
     drop(request);
-    tokio::spawn(async move {
-        peer::run(peer, handler, url, leftover).await;
-        drop((open, task));
-    });
+    tokio::spawn(peer::run(
+        peer,
+        handler,
+        url,
+        leftover,
+        Box::new((open, task)),
+    ));
+}
+
+/// Keepalive pings and idle timeouts for hibernating connections, which have no task and no
+/// timer of their own: one pass over them every tick, until the server is gone.
+async fn sweep_sleepers(shared: Weak<Shared>) {
+    let tick = match shared.upgrade() {
+        Some(shared) => {
+            let config = &shared.config;
+            (config.ping_interval.min(config.idle_timeout) / 8)
+                .clamp(Duration::from_millis(10), Duration::from_secs(1))
+        }
+        None => return,
+    };
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let (mut pings, mut wakes) = (Vec::new(), Vec::new());
+        for (id, sleeper) in shared.sleeping().iter_mut() {
+            match sleeper.due(now) {
+                Due::Nothing => {}
+                Due::Ping(peer) => pings.push(peer),
+                Due::Wake => wakes.push(*id),
+            }
+        }
+        // Outside the table's lock: a ping that has to queue wakes its connection.
+        for peer in pings {
+            peer.ping();
+        }
+        for id in wakes {
+            shared.wake(id);
+        }
+    }
 }
 
 /// Decrements the open-connection count when the connection ends, however it ends.

@@ -16,7 +16,8 @@ pub enum ConnState {
     Live,
     /// Idle: waiting for the next frame, holding no receive buffer.
     Parked,
-    /// Idle past `dormant_after`: no send buffer and no compression state either.
+    /// Idle past `dormant_after`: no send buffer and no compression state either, and
+    /// (while hibernating, see [`Metrics::hibernating`]) no task.
     Dormant,
 }
 
@@ -34,6 +35,7 @@ impl ConnState {
 #[derive(Debug, Default)]
 pub struct Metrics {
     states: [AtomicI64; 3],
+    pub(crate) hibernating: AtomicI64,
     pub(crate) connections_total: AtomicU64,
     pub(crate) messages_in: AtomicU64,
     pub(crate) messages_out: AtomicU64,
@@ -55,6 +57,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Dormant connections with no task running for them now: their socket, a send or the
+    /// server's sweeper starts one when needed.
+    pub fn hibernating(&self) -> i64 {
+        self.hibernating.load(Relaxed)
+    }
+
     /// Connections now in `state`.
     pub fn connections(&self, state: ConnState) -> i64 {
         self.states[state.index()].load(Relaxed)
@@ -123,6 +131,12 @@ impl Metrics {
                 self.connections(state)
             );
         }
+        gauge(
+            &mut out,
+            "roost_connections_hibernating",
+            "Dormant connections with no task running for them.",
+        );
+        let _ = writeln!(out, "roost_connections_hibernating {}", self.hibernating());
         let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "roost_connections_total",

@@ -2,9 +2,14 @@
 //!
 //! # Theory of operation
 //!
-//! Every connection is one tokio task waiting on its socket's readiness; there is no thread
-//! per connection. Bytes are read into a per-thread buffer, so a waiting connection holds no
-//! receive buffer. Three kinds of code write to a connection:
+//! A connection in use is one tokio task waiting on its socket's readiness; there is no
+//! thread per connection. Bytes are read into a per-thread buffer, so a waiting connection
+//! holds no receive buffer. A connection idle past `dormant_after` *hibernates*: its buffers
+//! are released and its task ends; what is left is the [`Peer`] and a [`Sleeper`] in the
+//! server's table. The socket's read readiness, a send that has to wait, a close or the
+//! server's shutdown starts a new task for it ([`Shared::wake`]); the server's sweeper sends
+//! its keepalive pings and wakes it at its idle timeout. Three kinds of code write to a
+//! connection:
 //! - its own task (pongs, close replies, auto-responses, the handler's sends);
 //! - any task holding a [`crate::Ws`] (sends from other connections' handlers);
 //! - broadcasts, which encode a frame once and hand the same bytes to every member.
@@ -20,9 +25,13 @@ use std::{
     collections::VecDeque,
     io,
     sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicU8, Ordering::Relaxed},
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{
+            AtomicBool, AtomicU8,
+            Ordering::{Relaxed, SeqCst},
+        },
     },
+    task::{Context, Wake, Waker},
     time::Instant,
 };
 
@@ -48,6 +57,101 @@ const READ_CHUNK: usize = 64 << 10;
 
 thread_local! {
     static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+tokio::task_local! {
+    /// The connection whose task is running: only that task's writes are batched.
+    static OWN_TASK: ConnectionId;
+}
+
+/// What keeps a connection counted while it runs or sleeps: the open-connection slot and the
+/// running-task count the graceful shutdown waits for.
+pub(crate) type Guards = Box<dyn Send + Sync>;
+
+/// The idle bookkeeping of one connection, carried from task to task across hibernation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Idle {
+    /// When the peer last sent anything.
+    last_input: Instant,
+    /// A keepalive ping went out since then.
+    pinged: bool,
+    /// Auto-response hits already added to the server's metric.
+    hits_seen: u64,
+}
+
+impl Idle {
+    fn new() -> Self {
+        Idle {
+            last_input: Instant::now(),
+            pinged: false,
+            hits_seen: 0,
+        }
+    }
+
+    fn input(&mut self) {
+        self.last_input = Instant::now();
+        self.pinged = false;
+    }
+}
+
+/// A hibernating connection: everything needed to start its task again, owned by the
+/// server's table of sleepers ([`Shared::wake`] takes it out).
+pub(crate) struct Sleeper {
+    peer: Arc<Peer>,
+    handler: Arc<dyn DynHandler>,
+    guards: Guards,
+    idle: Idle,
+}
+
+impl Sleeper {
+    /// What a sleeping connection needs at `now`, for the server's sweeper: a wake-up once
+    /// its idle timeout passed (its task then drops it), a keepalive ping once the ping
+    /// interval passed (marked as sent here; the caller sends it, with no lock held).
+    pub(crate) fn due(&mut self, now: Instant) -> Due {
+        let config = &self.peer.shared.config;
+        let quiet = now.saturating_duration_since(self.idle.last_input);
+        if quiet >= config.idle_timeout {
+            Due::Wake
+        } else if !self.idle.pinged && quiet >= config.ping_interval {
+            self.idle.pinged = true;
+            Due::Ping(self.peer.clone())
+        } else {
+            Due::Nothing
+        }
+    }
+
+    /// Starts the connection's task again.
+    pub(crate) fn resume(self) -> impl Future<Output = ()> + Send + 'static {
+        self.peer.asleep.store(false, SeqCst);
+        resume(self)
+    }
+}
+
+/// What a sleeping connection needs from the sweeper.
+pub(crate) enum Due {
+    Nothing,
+    /// Send it a keepalive ping ([`Peer::ping`]).
+    Ping(Arc<Peer>),
+    /// Start its task: its idle timeout passed.
+    Wake,
+}
+
+/// The waker a hibernating connection leaves with its socket: read readiness wakes it.
+struct Alarm {
+    shared: Weak<Shared>,
+    id: ConnectionId,
+}
+
+impl Wake for Alarm {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.wake(self.id);
+        }
+    }
 }
 
 /// What happened to one message handed to one connection.
@@ -114,14 +218,15 @@ pub(crate) struct Peer {
     /// (permessage-deflate with server_no_context_takeover), else `None`.
     pub(crate) compress_class: Option<u8>,
     state: AtomicU8,
-    /// The connection's own task, set when it starts: only its writes are batched.
-    task: std::sync::OnceLock<tokio::task::Id>,
+    /// The connection hibernates: no task runs for it, and anything that needs one must
+    /// wake it ([`Peer::notify`]).
+    asleep: AtomicBool,
     /// The own task is working through a batch: its output waits in the core and leaves in
     /// one piece when the batch ends.
-    batching: std::sync::atomic::AtomicBool,
+    batching: AtomicBool,
     /// A broadcast made during the current batch deferred writes to other members of this
     /// connection's room: the batch's end writes them.
-    deferred: std::sync::atomic::AtomicBool,
+    deferred: AtomicBool,
 }
 
 impl Peer {
@@ -159,9 +264,9 @@ impl Peer {
             resume_token,
             compress_class,
             state: AtomicU8::new(ConnState::Parked as u8),
-            task: std::sync::OnceLock::new(),
-            batching: std::sync::atomic::AtomicBool::new(false),
-            deferred: std::sync::atomic::AtomicBool::new(false),
+            asleep: AtomicBool::new(false),
+            batching: AtomicBool::new(false),
+            deferred: AtomicBool::new(false),
         }
     }
 
@@ -211,12 +316,44 @@ impl Peer {
             let bytes = core.take_output();
             self.push(bytes, closing)
         };
+        drop(core);
+        if closing && self.asleep.load(SeqCst) {
+            // The close handshake has a deadline; a task must watch it.
+            self.notify();
+        }
         (result, outcome)
     }
 
     /// Whether the caller is the connection's own task, in the middle of a batch.
     pub(crate) fn is_batching(&self) -> bool {
-        self.batching.load(Relaxed) && tokio::task::try_id() == self.task.get().copied()
+        self.batching.load(Relaxed) && self.is_own_task()
+    }
+
+    /// Whether the caller is this connection's own task.
+    fn is_own_task(&self) -> bool {
+        OWN_TASK.try_with(|id| *id == self.id).unwrap_or(false)
+    }
+
+    /// Tells the connection's task that there is work: queued bytes, a close, a kick. A
+    /// hibernating connection gets a task again.
+    fn notify(&self) {
+        if self.asleep.load(SeqCst) {
+            self.shared.wake(self.id);
+        } else {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether something waits that only the connection's task can do.
+    fn needs_task(&self) -> bool {
+        let busy = {
+            let out = self.out();
+            !out.queue.is_empty() || out.kick.is_some() || out.closed
+        };
+        busy || {
+            let core = self.core();
+            !core.can_send() || core.is_finished() || core.next_deadline().is_some()
+        }
     }
 
     /// Writes `bytes` now if nothing is queued, else queues them within the outbound bound.
@@ -239,7 +376,7 @@ impl Peer {
         if out.closed {
             return SendOutcome::Closed;
         }
-        let corked = deferred || (out.corked && tokio::task::try_id() == self.task.get().copied());
+        let corked = deferred || (out.corked && self.is_own_task());
         if corked && out.queued + bytes.len() > CORK_LIMIT {
             // A big batch: write what is queued now instead of holding it.
             drop(out);
@@ -250,7 +387,7 @@ impl Peer {
             }
             if deferred && !out.queue.is_empty() {
                 // The socket is full: the connection's own task waits for it to drain.
-                self.wake.notify_one();
+                self.notify();
             }
         }
         out.closed = closing;
@@ -270,7 +407,7 @@ impl Peer {
                     // The peer is gone; its task notices on its next read.
                     out.closed = true;
                     drop(out);
-                    self.wake.notify_one();
+                    self.notify();
                     return SendOutcome::Closed;
                 }
             }
@@ -290,7 +427,7 @@ impl Peer {
             // The batch (this connection's, or the broadcaster's) writes it when it is done.
             return SendOutcome::Sent;
         }
-        self.wake.notify_one();
+        self.notify();
         SendOutcome::Queued
     }
 
@@ -314,7 +451,7 @@ impl Peer {
                 out.discard();
                 out.kick = Some(code);
                 drop(out);
-                self.wake.notify_one();
+                self.notify();
                 SendOutcome::Closed
             }
         }
@@ -327,6 +464,12 @@ impl Peer {
         if let Some(code) = kick {
             self.close(code, "outbound queue full");
         }
+    }
+
+    /// Sends a keepalive ping. One the socket cannot take now is queued, and the queue wakes
+    /// a hibernating connection.
+    pub(crate) fn ping(&self) {
+        let _ = self.with_core(|core| core.send_ping(b""));
     }
 
     /// Starts the close handshake (a no-op if ours was already sent).
@@ -356,11 +499,11 @@ impl Peer {
         }
         match self.flush_ready() {
             Ok(()) if !self.has_queued() => {}
-            Ok(()) => self.wake.notify_one(),
+            Ok(()) => self.notify(),
             Err(_) => {
                 // The peer is gone; its task notices when woken.
                 self.out().closed = true;
-                self.wake.notify_one();
+                self.notify();
             }
         }
     }
@@ -469,7 +612,7 @@ impl Peer {
         }
     }
 
-    fn go_dormant(&self) {
+    fn release_buffers(&self) {
         let mut core = self.core();
         core.release_buffers();
         core.release_compression_state();
@@ -478,16 +621,35 @@ impl Peer {
             out.queue = VecDeque::new();
         }
         drop((out, core));
+    }
+
+    fn go_dormant(&self) {
+        self.release_buffers();
         self.set_state(ConnState::Dormant);
     }
 }
 
-/// Runs one connection from the 101 response to the end, then cleans up after it.
+/// Runs one connection from the 101 response until it ends (then cleans up after it) or
+/// hibernates.
 pub(crate) async fn run(
     peer: Arc<Peer>,
     handler: Arc<dyn DynHandler>,
     url: http::Uri,
     leftover: Bytes,
+    guards: Guards,
+) {
+    let id = peer.id;
+    OWN_TASK
+        .scope(id, open_and_drive(peer, handler, url, leftover, guards))
+        .await;
+}
+
+async fn open_and_drive(
+    peer: Arc<Peer>,
+    handler: Arc<dyn DynHandler>,
+    url: http::Uri,
+    leftover: Bytes,
+    guards: Guards,
 ) {
     let ws = Ws::from_peer(peer.clone());
     let room = Room::of_peer(&peer);
@@ -504,14 +666,85 @@ pub(crate) async fn run(
         let now = Instant::now();
         let _ = peer.with_core(|core| core.receive(&leftover, now));
     }
-    let _ = peer.task.set(tokio::task::id());
     peer.set_state(ConnState::Live);
     let opened = call_handler(&peer, handler.on_open(&ws, &url)).await;
     peer.set_state(ConnState::Parked);
-    if opened {
-        drive(&peer, &*handler, &ws, &room).await;
+    let mut idle = Idle::new();
+    if opened && drive(&peer, &*handler, &ws, &room, &mut idle).await == Next::Hibernate {
+        drop((ws, room));
+        hibernate(Sleeper {
+            peer,
+            handler,
+            guards,
+            idle,
+        });
+        return;
     }
     finish(&peer, &*handler, &ws).await;
+    drop(guards);
+}
+
+/// A hibernating connection's new task: reads what woke it, then carries on as before.
+async fn resume(sleeper: Sleeper) {
+    let Sleeper {
+        peer,
+        handler,
+        guards,
+        mut idle,
+    } = sleeper;
+    let id = peer.id;
+    OWN_TASK
+        .scope(id, async move {
+            let ws = Ws::from_peer(peer.clone());
+            let room = Room::of_peer(&peer);
+            if peer.read_ready() {
+                idle.input();
+            }
+            if drive(&peer, &*handler, &ws, &room, &mut idle).await == Next::Hibernate {
+                drop((ws, room));
+                hibernate(Sleeper {
+                    peer,
+                    handler,
+                    guards,
+                    idle,
+                });
+                return;
+            }
+            finish(&peer, &*handler, &ws).await;
+            drop(guards);
+        })
+        .await;
+}
+
+/// Ends the connection's task and leaves it to its socket: read readiness (or anything
+/// [`Peer::notify`] hears) starts a new one.
+fn hibernate(sleeper: Sleeper) {
+    let peer = sleeper.peer.clone();
+    let shared = peer.shared.clone();
+    peer.release_buffers();
+    shared.sleep(peer.id, sleeper);
+    peer.asleep.store(true, SeqCst);
+    let alarm = Waker::from(Arc::new(Alarm {
+        shared: Arc::downgrade(&shared),
+        id: peer.id,
+    }));
+    let readable = peer
+        .socket
+        .poll_read_ready(&mut Context::from_waker(&alarm))
+        .is_ready();
+    // Whatever arrived while it was going to sleep wakes it again at once.
+    if readable || peer.needs_task() || *shared.shutdown.borrow() {
+        shared.wake(peer.id);
+    }
+}
+
+/// How [`drive`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// The connection is over: clean up.
+    Finished,
+    /// The connection is dormant and nothing waits: end the task.
+    Hibernate,
 }
 
 /// Runs a handler call with the connection marked live; an error or a panic closes the
@@ -538,12 +771,15 @@ async fn call_handler(
     }
 }
 
-async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
+async fn drive(
+    peer: &Peer,
+    handler: &dyn DynHandler,
+    ws: &Ws,
+    room: &Room,
+    idle: &mut Idle,
+) -> Next {
     let config = &peer.shared.config;
     let mut shutdown = peer.shared.shutdown.clone();
-    let mut last_input = Instant::now();
-    let mut pinged = false;
-    let mut hits_seen = 0;
     if *shutdown.borrow() {
         peer.close(CloseCode::GOING_AWAY, "server shutting down");
     }
@@ -593,18 +829,19 @@ async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
         peer.shared
             .metrics
             .auto_response_hits
-            .fetch_add(hits - hits_seen, Relaxed);
-        hits_seen = hits;
+            .fetch_add(hits - idle.hits_seen, Relaxed);
+        idle.hits_seen = hits;
         if peer.core().is_finished() {
-            return;
+            return Next::Finished;
         }
         if peer.flush_ready().is_err() {
             peer.core().receive_eof();
-            return;
+            return Next::Finished;
         }
         let now = Instant::now();
+        let last_input = idle.last_input;
         let mut deadline = last_input + config.idle_timeout;
-        if !pinged {
+        if !idle.pinged {
             deadline = deadline.min(last_input + config.ping_interval);
         }
         if peer.state() != ConnState::Dormant {
@@ -612,6 +849,14 @@ async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
         }
         if let Some(close_deadline) = peer.core().next_deadline() {
             deadline = deadline.min(close_deadline);
+        }
+        // Dormant with nothing due: the task ends, and the sweeper keeps the timers.
+        if peer.state() == ConnState::Dormant
+            && deadline > now
+            && !*shutdown.borrow()
+            && !peer.needs_task()
+        {
+            return Next::Hibernate;
         }
         let queued = peer.has_queued();
         tokio::select! {
@@ -626,26 +871,24 @@ async fn drive(peer: &Peer, handler: &dyn DynHandler, ws: &Ws, room: &Room) {
                 }
             }
             ready = peer.socket.readable() => {
+                // A dormant connection stays dormant for control frames (a pong to its
+                // keepalive ping): only a message wakes it up for good.
                 if ready.is_err() || peer.read_ready() {
-                    last_input = Instant::now();
-                    pinged = false;
-                    if peer.state() == ConnState::Dormant {
-                        peer.set_state(ConnState::Parked);
-                    }
+                    idle.input();
                 }
             }
             _ = tokio::time::sleep_until(deadline.max(now).into()) => {
                 let now = Instant::now();
                 peer.core().on_deadline(now);
-                let idle = now.saturating_duration_since(last_input);
-                if idle >= config.idle_timeout {
+                let quiet = now.saturating_duration_since(last_input);
+                if quiet >= config.idle_timeout {
                     tracing::debug!(id = %peer.id, "no frame for the idle timeout; dropping the connection");
                     peer.core().receive_eof();
-                } else if !pinged && idle >= config.ping_interval {
-                    pinged = true;
-                    let _ = peer.with_core(|core| core.send_ping(b""));
+                } else if !idle.pinged && quiet >= config.ping_interval {
+                    idle.pinged = true;
+                    peer.ping();
                 }
-                if idle >= config.dormant_after && peer.state() == ConnState::Parked && !peer.has_queued() {
+                if quiet >= config.dormant_after && peer.state() == ConnState::Parked && !peer.has_queued() {
                     peer.go_dormant();
                 }
             }

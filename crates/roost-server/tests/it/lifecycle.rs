@@ -26,7 +26,7 @@ impl Handler for Named {
 }
 
 #[tokio::test]
-async fn idle_connections_go_dormant_and_wake_on_the_next_frame() {
+async fn idle_connections_hibernate_and_wake_on_the_next_frame() {
     let config = ServerConfig {
         dormant_after: Duration::from_millis(100),
         ..ServerConfig::default()
@@ -35,8 +35,8 @@ async fn idle_connections_go_dormant_and_wake_on_the_next_frame() {
     let mut ws = connect(addr, "/n").await;
     let _other = connect(addr, "/n").await;
     let metrics = handle.metrics();
-    eventually("both dormant", || {
-        metrics.connections(ConnState::Dormant) == 2
+    eventually("both dormant, with no task", || {
+        metrics.connections(ConnState::Dormant) == 2 && metrics.hibernating() == 2
     })
     .await;
     assert_eq!(metrics.connections(ConnState::Parked), 0);
@@ -47,9 +47,44 @@ async fn idle_connections_go_dormant_and_wake_on_the_next_frame() {
     })
     .await;
     eventually("and dozed off again", || {
-        metrics.connections(ConnState::Dormant) == 2
+        metrics.connections(ConnState::Dormant) == 2 && metrics.hibernating() == 2
     })
     .await;
+    // A send from elsewhere reaches a hibernating connection.
+    within(ws.send(Message::text("again"))).await.unwrap();
+    assert!(next_text(&mut ws).await.starts_with("resume "));
+}
+
+#[tokio::test]
+async fn shutdown_and_closes_from_elsewhere_reach_hibernating_connections() {
+    let config = ServerConfig {
+        dormant_after: Duration::from_millis(30),
+        ..ServerConfig::default()
+    };
+    let (addr, handle) = start(App::new().ws("/n", Named).unwrap(), config).await;
+    let mut first = connect(addr, "/n").await;
+    let mut second = connect(addr, "/n").await;
+    let metrics = handle.metrics();
+    eventually("both hibernating", || metrics.hibernating() == 2).await;
+    // A close from another connection's handler: `second` resumes `first`'s session, which
+    // closes `first` with 4001 while it sleeps.
+    within(first.send(Message::text("ada"))).await.unwrap();
+    let token = next_text(&mut first)
+        .await
+        .strip_prefix("resume ")
+        .unwrap()
+        .to_owned();
+    eventually("hibernating again", || metrics.hibernating() == 2).await;
+    let mut resumed = connect(addr, &format!("/n?resume={token}")).await;
+    assert_eq!(next_text(&mut resumed).await, "welcome back ada");
+    let close = until_closed(&mut first).await.unwrap();
+    assert_eq!(close.code, CloseCode(4001));
+    eventually("the others hibernating", || metrics.hibernating() == 2).await;
+    handle.shutdown();
+    for ws in [&mut second, &mut resumed] {
+        let close = until_closed(ws).await.unwrap();
+        assert_eq!(close.code, CloseCode::GOING_AWAY);
+    }
 }
 
 #[tokio::test]
@@ -144,11 +179,23 @@ impl Handler for Watcher {
 
 #[tokio::test]
 async fn pings_keep_a_live_peer_and_the_idle_timeout_drops_a_dead_one() {
+    pings_and_the_idle_timeout(Duration::from_secs(10)).await;
+}
+
+/// The same, with both connections hibernating between pings: the server's sweeper pings
+/// them and drops the dead one.
+#[tokio::test]
+async fn hibernating_connections_are_pinged_and_dropped_when_dead() {
+    pings_and_the_idle_timeout(Duration::from_millis(30)).await;
+}
+
+async fn pings_and_the_idle_timeout(dormant_after: Duration) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let closes = std::sync::Arc::new(Closes::default());
     let config = ServerConfig {
         ping_interval: Duration::from_millis(100),
         idle_timeout: Duration::from_millis(400),
+        dormant_after,
         ..ServerConfig::default()
     };
     let (addr, _) = start(
