@@ -184,6 +184,44 @@ pub struct Connection {
     auto_response_hits: u64,
 }
 
+/// An open connection with nothing in flight, reduced to what it needs to go on: its role,
+/// what the handshake negotiated, its masking keys (client), its auto-response. A server that
+/// holds many idle connections keeps this (tens of bytes) instead of a [`Connection`] (about a
+/// kilobyte, plus its buffers). Made by [`Connection::into_idle`]; [`IdleConnection::resume`]
+/// gives the connection back.
+pub struct IdleConnection {
+    role: Role,
+    negotiated: Negotiated,
+    masks: Option<Box<dyn MaskSource>>,
+    auto_response: Option<Box<AutoResponse>>,
+    auto_response_hits: u64,
+}
+
+impl fmt::Debug for IdleConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdleConnection")
+            .field("role", &self.role)
+            .field("negotiated", &self.negotiated)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdleConnection {
+    /// The connection again, as it was: `config` must be the configuration it was made with
+    /// (it is not kept here, to keep this small).
+    pub fn resume(self, config: Config) -> Connection {
+        let mut connection = Connection::new(self.role, config, self.negotiated, self.masks);
+        connection.auto_response = self.auto_response.map(|boxed| *boxed);
+        connection.auto_response_hits = self.auto_response_hits;
+        connection
+    }
+
+    /// How many messages the auto-response answered.
+    pub fn auto_response_hits(&self) -> u64 {
+        self.auto_response_hits
+    }
+}
+
 /// A request/response pair answered inside the codec: a text message equal to `request` is
 /// answered with the text `response` and never becomes an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -685,6 +723,40 @@ impl Connection {
             self.out = BytesMut::new();
         }
         self.scratch = Vec::new();
+    }
+
+    /// Reduces the connection to an [`IdleConnection`] when nothing is in flight: open both
+    /// ways, no byte received or to send waiting, no message being received or sent in
+    /// fragments, no event untaken, and no compression window that later messages depend on
+    /// (context takeover after first use). Otherwise gives the connection back unchanged.
+    #[allow(clippy::result_large_err)] // the error is the connection itself, given back
+    pub fn into_idle(self) -> Result<IdleConnection, Connection> {
+        let idle = matches!(self.read, ReadState::Open)
+            && matches!(self.write, WriteState::Open)
+            && self.initiator.is_none()
+            && !self.eof
+            && !self.timed_out
+            && self.unparsed.is_empty()
+            && self.header_len == 0
+            && self.frame.is_none()
+            && self.message.is_none()
+            && self.sending_fragmented.is_none()
+            && self.out.is_empty()
+            && self.events.is_empty()
+            && self
+                .deflate
+                .as_ref()
+                .is_none_or(|codec| !codec.holds_context());
+        if !idle {
+            return Err(self);
+        }
+        Ok(IdleConnection {
+            role: self.role,
+            negotiated: self.negotiated,
+            masks: self.masks,
+            auto_response: self.auto_response.map(Box::new),
+            auto_response_hits: self.auto_response_hits,
+        })
     }
 
     /// Drops permessage-deflate state that is reset after every message anyway (the sides

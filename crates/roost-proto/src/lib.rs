@@ -42,7 +42,7 @@ pub mod utf8;
 pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, ConfigBuilder, DeflateConfig, Limits};
 pub use connection::{
-    AutoResponse, CloseInitiator, CloseStatus, Connection, Event, MaskSource, Role,
+    AutoResponse, CloseInitiator, CloseStatus, Connection, Event, IdleConnection, MaskSource, Role,
 };
 pub use error::{ConfigError, HandshakeError, ProtocolError, UsageError};
 pub use extension::{DeflateParams, Negotiated};

@@ -12,10 +12,14 @@
 //!   presents the connection's signed [`Ws::resume_token`] (`?resume=TOKEN`), once.
 //! - Auto-responses ([`Ws::set_auto_response`]): a request/response pair answered inside the
 //!   codec, without waking the handler.
-//! - Hibernation: every connection is a task waiting on its socket, reading into a per-thread
-//!   buffer; it is *live* while a handler runs, *parked* while idle (no receive buffer), and
-//!   *dormant* once idle past [`ServerConfig::dormant_after`] (no send buffer, no compression
-//!   state). The next frame wakes it; [`Metrics`] counts each state.
+//! - Hibernation: a connection in use is a task waiting on its socket, reading into a
+//!   per-thread buffer; it is *live* while a handler runs, *parked* while idle (no receive
+//!   buffer), and *dormant* once idle past [`ServerConfig::dormant_after`]. A dormant
+//!   connection with nothing in flight hibernates: no buffers, no compression state, no task,
+//!   and its protocol core reduced to a few dozen bytes ([`roost::proto::IdleConnection`]).
+//!   The next frame, a send that has to wait or a close wakes it; a sweeper sends its
+//!   keepalive pings and enforces its idle timeout. [`Metrics`] counts each state and the
+//!   hibernating connections.
 //! - Backpressure: each connection's outbound queue is bounded; past it the
 //!   [`BackpressurePolicy`] drops the message or closes that connection, and a slow reader
 //!   never slows anyone else.

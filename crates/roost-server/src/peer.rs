@@ -5,8 +5,8 @@
 //! A connection in use is one tokio task waiting on its socket's readiness; there is no
 //! thread per connection. Bytes are read into a per-thread buffer, so a waiting connection
 //! holds no receive buffer. A connection idle past `dormant_after` *hibernates*: its buffers
-//! are released and its task ends; what is left is the [`Peer`] and a [`Sleeper`] in the
-//! server's table. The socket's read readiness, a send that has to wait, a close or the
+//! are released, its protocol core shrinks to an [`IdleConnection`] and its task ends; what
+//! is left is the [`Peer`] and a [`Sleeper`] in the server's table. The socket's read readiness, a send that has to wait, a close or the
 //! server's shutdown starts a new task for it ([`Shared::wake`]); the server's sweeper sends
 //! its keepalive pings and wakes it at its idle timeout. Three kinds of code write to a
 //! connection:
@@ -38,7 +38,7 @@ use std::{
 use bytes::Bytes;
 use roost::{
     CloseCode, CloseFrame, CloseInitiator, Message,
-    proto::{Connection, Event},
+    proto::{Connection, Event, IdleConnection},
 };
 use tokio::{net::TcpStream, sync::Notify};
 
@@ -204,12 +204,48 @@ impl Outbound {
     }
 }
 
+/// A connection's protocol core: all of it while in use, its compact form while it
+/// hibernates with nothing in flight.
+pub(crate) enum Core {
+    Awake(Box<Connection>),
+    Idle(IdleConnection),
+    /// Only while one form is turned into the other, under the lock.
+    Changing,
+}
+
+/// The locked core, woken up: [`Peer::core`] never hands out an idle one.
+pub(crate) struct CoreGuard<'a>(MutexGuard<'a, Core>);
+
+impl std::ops::Deref for CoreGuard<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match &*self.0 {
+            Core::Awake(connection) => connection,
+            Core::Idle(_) | Core::Changing => {
+                unreachable!("Peer::core wakes the core before handing it out")
+            }
+        }
+    }
+}
+
+impl std::ops::DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        match &mut *self.0 {
+            Core::Awake(connection) => connection,
+            Core::Idle(_) | Core::Changing => {
+                unreachable!("Peer::core wakes the core before handing it out")
+            }
+        }
+    }
+}
+
 pub(crate) struct Peer {
     pub(crate) id: ConnectionId,
     pub(crate) room: Arc<str>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) socket: TcpStream,
-    pub(crate) core: Mutex<Connection>,
+    core: Mutex<Core>,
     pub(crate) out: Mutex<Outbound>,
     pub(crate) wake: Notify,
     pub(crate) attachment: Mutex<Option<Bytes>>,
@@ -249,7 +285,7 @@ impl Peer {
             room,
             shared,
             socket,
-            core: Mutex::new(core),
+            core: Mutex::new(Core::Awake(Box::new(core))),
             out: Mutex::new(Outbound {
                 queue: VecDeque::new(),
                 queued: 0,
@@ -291,8 +327,40 @@ impl Peer {
         }
     }
 
-    pub(crate) fn core(&self) -> MutexGuard<'_, Connection> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    /// The protocol core, made whole again first if it was idle.
+    pub(crate) fn core(&self) -> CoreGuard<'_> {
+        let mut slot = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        if let Core::Idle(_) = &*slot
+            && let Core::Idle(idle) = std::mem::replace(&mut *slot, Core::Changing)
+        {
+            let config = self.shared.config.protocol.clone();
+            *slot = Core::Awake(Box::new(idle.resume(config)));
+        }
+        CoreGuard(slot)
+    }
+
+    /// Reduces the core to its compact form if nothing is in flight (hibernation).
+    fn idle_core(&self) {
+        let mut slot = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        if let Core::Awake(_) = &*slot
+            && let Core::Awake(connection) = std::mem::replace(&mut *slot, Core::Changing)
+        {
+            *slot = match (*connection).into_idle() {
+                Ok(idle) => Core::Idle(idle),
+                Err(connection) => Core::Awake(Box::new(connection)),
+            };
+        }
+    }
+
+    /// Whether the core has something a task must see to; an idle core has nothing.
+    fn core_needs_task(&self) -> bool {
+        let slot = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Core::Awake(core) => {
+                !core.can_send() || core.is_finished() || core.next_deadline().is_some()
+            }
+            Core::Idle(_) | Core::Changing => false,
+        }
     }
 
     fn out(&self) -> MutexGuard<'_, Outbound> {
@@ -350,10 +418,7 @@ impl Peer {
             let out = self.out();
             !out.queue.is_empty() || out.kick.is_some() || out.closed
         };
-        busy || {
-            let core = self.core();
-            !core.can_send() || core.is_finished() || core.next_deadline().is_some()
-        }
+        busy || self.core_needs_task()
     }
 
     /// Writes `bytes` now if nothing is queued, else queues them within the outbound bound.
@@ -722,6 +787,7 @@ fn hibernate(sleeper: Sleeper) {
     let peer = sleeper.peer.clone();
     let shared = peer.shared.clone();
     peer.release_buffers();
+    peer.idle_core();
     shared.sleep(peer.id, sleeper);
     peer.asleep.store(true, SeqCst);
     let alarm = Waker::from(Arc::new(Alarm {

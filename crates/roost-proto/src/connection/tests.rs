@@ -750,6 +750,80 @@ fn an_idle_connection_gives_its_buffers_back() {
     assert_eq!(events(&mut client), vec![text(&payload)]);
 }
 
+#[test]
+fn an_idle_connection_shrinks_and_resumes_as_it_was() {
+    let now = Instant::now();
+    let negotiated = Negotiated {
+        deflate: Some(DeflateParams {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            ..DeflateParams::default()
+        }),
+        no_masking: false,
+    };
+    let (mut client, mut server) = pair_with(Config::default(), negotiated.clone());
+    server.set_auto_response(Some(AutoResponse {
+        request: Utf8Bytes::from_static("heartbeat"),
+        response: Utf8Bytes::from_static("alive"),
+    }));
+    let payload = "compress me ".repeat(100);
+    client.send_text("heartbeat").unwrap();
+    client.send_text(&payload).unwrap();
+    pump(&mut client, &mut server, now);
+    // Not idle while an event waits, then while a reply waits to be sent.
+    let server = server.into_idle().unwrap_err();
+    let mut server = {
+        let mut server = server;
+        assert_eq!(events(&mut server), vec![text(&payload)]);
+        server.into_idle().unwrap_err()
+    };
+    pump(&mut server, &mut client, now);
+    assert_eq!(events(&mut client), vec![text("alive")]);
+    // Compression without context takeover keeps nothing between messages.
+    server.release_compression_state();
+    let idle = server.into_idle().unwrap();
+    assert_eq!(idle.auto_response_hits(), 1);
+    let mut server = idle.resume(Config::default());
+    assert_eq!(server.negotiated(), &negotiated);
+    client.send_text("heartbeat").unwrap();
+    client.send_text(&payload).unwrap();
+    pump(&mut client, &mut server, now);
+    assert_eq!(events(&mut server), vec![text(&payload)]);
+    assert_eq!(server.auto_response_hits(), 2, "the auto-response survived");
+    server.send_text(&payload).unwrap();
+    pump(&mut server, &mut client, now);
+    assert_eq!(events(&mut client), vec![text("alive"), text(&payload)]);
+}
+
+#[test]
+fn a_connection_with_something_in_flight_does_not_go_idle() {
+    let now = Instant::now();
+    // Half a frame received.
+    let (mut client, mut server) = pair();
+    client.send_text("half of this").unwrap();
+    let wire = client.take_output();
+    server.receive(&wire[..4], now);
+    let server = server.into_idle().unwrap_err();
+    assert!(events(&mut { server }).is_empty());
+    // Our close sent, the peer's not received yet.
+    let (_, mut server) = pair();
+    server.close(None, now).unwrap();
+    let _ = server.take_output();
+    assert!(server.into_idle().is_err());
+    // A compression window that the next message depends on.
+    let negotiated = Negotiated {
+        deflate: Some(DeflateParams::default()),
+        no_masking: false,
+    };
+    let (mut client, mut server) = pair_with(Config::default(), negotiated);
+    let payload = "context ".repeat(100);
+    client.send_text(&payload).unwrap();
+    pump(&mut client, &mut server, now);
+    assert_eq!(events(&mut server), vec![text(&payload)]);
+    server.release_compression_state();
+    assert!(server.into_idle().is_err(), "the inflater's window is kept");
+}
+
 /// Found by the `connection_server` fuzz target (fuzz/regressions/connection_server/
 /// auto-response-inside-fragmented-send): the auto-response was written inside a fragmented
 /// message the application was sending, breaking RFC 6455 §5.4 framing.

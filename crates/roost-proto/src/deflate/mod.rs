@@ -194,6 +194,14 @@ impl DeflateCodec {
         freed
     }
 
+    /// Whether a compressor or inflater holds a window that later messages depend on
+    /// (context takeover, after first use): the codec cannot then be made again from the
+    /// parameters alone.
+    pub fn holds_context(&self) -> bool {
+        (self.compressor.is_some() && !self.reset_compressor)
+            || (self.decompressor.is_some() && !self.reset_decompressor)
+    }
+
     /// Inflates one received frame's payload of a compressed message, appending to `out`.
     ///
     /// `fin`: this frame ends the message; the `00 00 ff ff` tail is appended, then the
