@@ -379,10 +379,11 @@ def render_cluster(results: dict[str, Result]) -> list[str]:
 # holds roost back where it falls short, as far as it has been profiled)
 TARGETS = [
     ("echo64", ["bun"], 1.25, "echo 64 B: >= 1.25x Bun",
-     "per-message work in the server: parsing a small frame costs more than tungstenite's "
-     "(micro-benchmark receive_64b below; perf: finishing the frame, copying the payload into "
-     "the message buffer, the event queue); an earlier profile put 61% of the server's "
-     "time in the kernel"),
+     "per-message work in user space: the system calls are already Bun's (strace: one recv "
+     "and one writev per batch), and perf puts 68% of roost's server time in the kernel's "
+     "loopback TCP path; the rest is parsing each small frame (micro-benchmark receive_64b "
+     "below: finishing the frame, copying the payload into the message buffer, the event "
+     "queue) and the handler call"),
     ("echo64", ["raw-tcp"], 0.9, "echo 64 B: >= 0.9x raw TCP", "the same"),
     ("echo16k", ["raw-tcp"], 0.9, "echo 16 KiB: >= 0.9x raw TCP",
      "not profiled yet; every received 16 KiB payload is copied once into the message "
@@ -404,8 +405,11 @@ TARGETS = [
 
 
 IDLE_TARGET_BYTES = 512
-IDLE_HELD_BACK = ("each idle connection keeps its task (future 1,264 B), its peer state and its "
-                  "protocol core in user space; see the projection below")
+IDLE_HELD_BACK = ("a hibernating connection has no task, no buffer and a compact protocol core; "
+                  "what it keeps is its peer state (queue, locks, room, attachment slot, resume "
+                  "token), tokio's registration of its socket, its entries in the server's tables "
+                  "and the waker left with the socket, plus allocator pages shared with "
+                  "connections that were busy while the burst opened; see the projection below")
 
 
 def render_projection(per_connection: float) -> list[str]:
@@ -415,10 +419,11 @@ def render_projection(per_connection: float) -> list[str]:
             f"Measured here: {per_connection:,.0f} bytes of server RSS per idle connection "
             "(the idle scenario above; this machine's hard limit of 20,000 descriptors per "
             "process caps the measurement). Everything roost keeps per connection is fixed-size "
-            "once the connection is dormant (its read and write buffers and any compression "
-            "state are released, `Connection::release_buffers`), so RSS grows linearly: "
+            "once the connection hibernates (its buffers and any compression state released, "
+            "its task ended, its protocol core reduced to an `IdleConnection`), so RSS grows "
+            "linearly: "
             f"1,000,000 connections would take about {million / 2**30:.1f} GiB of RSS in "
-            "roost. What grows with them: the connection's task and its peer state (fixed), the "
+            "roost. What grows with them: its peer state and socket registration (fixed), the "
             "room membership (one pointer per member), an attachment when the application sets "
             "one (its size), and its resume token. Not in RSS, and not measured here: the "
             "kernel's socket memory for each TCP connection; also needed: one descriptor each (raise `ulimit -n` and "

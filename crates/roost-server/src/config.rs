@@ -37,8 +37,8 @@ pub struct ServerConfig {
     pub backpressure: BackpressurePolicy,
     /// Largest serialized attachment. Default 64 KiB.
     pub max_attachment_size: usize,
-    /// Idle time after which a connection turns dormant: no write buffer, no compression
-    /// state. Default 10 s.
+    /// Idle time after which a connection turns dormant and, with nothing in flight,
+    /// hibernates: no buffers, no compression state, no task. Default 10 s.
     pub dormant_after: Duration,
     /// Idle time after which the server pings the peer. Default 30 s.
     pub ping_interval: Duration,
