@@ -386,8 +386,9 @@ TARGETS = [
      "queue) and the handler call"),
     ("echo64", ["raw-tcp"], 0.9, "echo 64 B: >= 0.9x raw TCP", "the same"),
     ("echo16k", ["raw-tcp"], 0.9, "echo 16 KiB: >= 0.9x raw TCP",
-     "not profiled yet; every received 16 KiB payload is copied once into the message "
-     "buffer and once more into the output"),
+     "every received 16 KiB payload is copied once into the message buffer and once more "
+     "into the output; and the allocator: with mimalloc (which returns freed pages, for "
+     "hibernation's sake) a quick A/B run gave 902 MiB/s against 1,396 with glibc malloc"),
     ("latency", None, 1.0, "latency p99: no worse than the best",
      "not profiled yet: each round trip wakes the connection's task and runs a boxed handler future"),
     ("broadcast", ["bun"], 1.3, "broadcast: >= 1.3x Bun",
