@@ -788,8 +788,10 @@ fn hibernate(sleeper: Sleeper) {
     let shared = peer.shared.clone();
     peer.release_buffers();
     peer.idle_core();
-    shared.sleep(peer.id, sleeper);
+    // Marked first: a wake-up that finds the sleeper must leave the flag cleared, and a
+    // notice sent before the sleeper is in the table is caught by the check below.
     peer.asleep.store(true, SeqCst);
+    shared.sleep(peer.id, sleeper);
     let alarm = Waker::from(Arc::new(Alarm {
         shared: Arc::downgrade(&shared),
         id: peer.id,
