@@ -352,6 +352,16 @@ impl Peer {
         }
     }
 
+    /// How many messages the auto-response answered, read without waking an idle core.
+    pub(crate) fn auto_response_hits(&self) -> u64 {
+        let slot = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Core::Awake(core) => core.auto_response_hits(),
+            Core::Idle(idle) => idle.auto_response_hits(),
+            Core::Changing => 0,
+        }
+    }
+
     /// Whether the core has something a task must see to; an idle core has nothing.
     fn core_needs_task(&self) -> bool {
         let slot = self.core.lock().unwrap_or_else(|e| e.into_inner());
@@ -734,19 +744,11 @@ async fn open_and_drive(
     peer.set_state(ConnState::Live);
     let opened = call_handler(&peer, handler.on_open(&ws, &url)).await;
     peer.set_state(ConnState::Parked);
-    let mut idle = Idle::new();
-    if opened && drive(&peer, &*handler, &ws, &room, &mut idle).await == Next::Hibernate {
-        drop((ws, room));
-        hibernate(Sleeper {
-            peer,
-            handler,
-            guards,
-            idle,
-        });
-        return;
+    if opened {
+        drive_then_rest(peer, handler, ws, room, guards, Idle::new()).await;
+    } else {
+        finish(&peer, &*handler, &ws).await;
     }
-    finish(&peer, &*handler, &ws).await;
-    drop(guards);
 }
 
 /// A hibernating connection's new task: reads what woke it, then carries on as before.
@@ -765,20 +767,32 @@ async fn resume(sleeper: Sleeper) {
             if peer.read_ready() {
                 idle.input();
             }
-            if drive(&peer, &*handler, &ws, &room, &mut idle).await == Next::Hibernate {
-                drop((ws, room));
-                hibernate(Sleeper {
-                    peer,
-                    handler,
-                    guards,
-                    idle,
-                });
-                return;
-            }
-            finish(&peer, &*handler, &ws).await;
-            drop(guards);
+            drive_then_rest(peer, handler, ws, room, guards, idle).await;
         })
         .await;
+}
+
+/// Drives the connection until it ends, then cleans up after it, or until it hibernates.
+async fn drive_then_rest(
+    peer: Arc<Peer>,
+    handler: Arc<dyn DynHandler>,
+    ws: Ws,
+    room: Room,
+    guards: Guards,
+    mut idle: Idle,
+) {
+    if drive(&peer, &*handler, &ws, &room, &mut idle).await == Next::Hibernate {
+        drop((ws, room));
+        hibernate(Sleeper {
+            peer,
+            handler,
+            guards,
+            idle,
+        });
+        return;
+    }
+    finish(&peer, &*handler, &ws).await;
+    drop(guards);
 }
 
 /// Ends the connection's task and leaves it to its socket: read readiness (or anything

@@ -151,7 +151,7 @@ impl Ws {
 
     /// How many messages this connection's auto-response answered.
     pub fn auto_response_hits(&self) -> u64 {
-        self.peer.core().auto_response_hits()
+        self.peer.auto_response_hits()
     }
 
     /// Stores `value` (any serde type; strings too) as this connection's attachment. With a

@@ -720,17 +720,22 @@ fn the_auto_response_answers_inside_the_codec_without_an_event() {
     assert_eq!(events(&mut server), vec![text("heartbeat")]);
 }
 
-#[test]
-fn an_idle_connection_gives_its_buffers_back() {
-    let now = Instant::now();
-    let negotiated = Negotiated {
+/// permessage-deflate with both sides resetting their context after every message.
+fn deflate_without_context() -> Negotiated {
+    Negotiated {
         deflate: Some(DeflateParams {
             server_no_context_takeover: true,
             client_no_context_takeover: true,
             ..DeflateParams::default()
         }),
         no_masking: false,
-    };
+    }
+}
+
+#[test]
+fn an_idle_connection_gives_its_buffers_back() {
+    let now = Instant::now();
+    let negotiated = deflate_without_context();
     let (mut client, mut server) = pair_with(Config::default(), negotiated);
     let payload = "release me ".repeat(10_000);
     client.send_text(&payload).unwrap();
@@ -753,14 +758,7 @@ fn an_idle_connection_gives_its_buffers_back() {
 #[test]
 fn an_idle_connection_shrinks_and_resumes_as_it_was() {
     let now = Instant::now();
-    let negotiated = Negotiated {
-        deflate: Some(DeflateParams {
-            server_no_context_takeover: true,
-            client_no_context_takeover: true,
-            ..DeflateParams::default()
-        }),
-        no_masking: false,
-    };
+    let negotiated = deflate_without_context();
     let (mut client, mut server) = pair_with(Config::default(), negotiated.clone());
     server.set_auto_response(Some(AutoResponse {
         request: Utf8Bytes::from_static("heartbeat"),
