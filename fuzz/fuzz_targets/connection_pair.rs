@@ -280,13 +280,18 @@ impl Pair {
     /// predicted and the run is over.
     fn deliver(&mut self, to: usize, limit: usize, chunking: Chunking) -> bool {
         let from = 1 - to;
-        let pending = self.sides[from].pending_output().len();
+        let pending = self.sides[from].pending_output_len();
         let n = if limit == 0 {
             pending
         } else {
             limit.min(pending)
         };
-        let bytes = self.sides[from].pending_output()[..n].to_vec();
+        let bytes: Vec<u8> = self.sides[from]
+            .pending_output_chunks()
+            .flatten()
+            .take(n)
+            .copied()
+            .collect();
         self.sides[from].consume_output(n);
         for chunk in chunking.chunks(&bytes) {
             let now = self.now;
@@ -394,7 +399,7 @@ impl Pair {
             }
         }
         for side in [CLIENT, SERVER] {
-            assert!(self.sides[side].pending_output().is_empty());
+            assert!(self.sides[side].pending_output_len() == 0);
             assert!(
                 self.expected[side].is_empty(),
                 "side {side} never read {:?}",

@@ -47,7 +47,7 @@ fn auto_response_is_not_written_inside_a_fragmented_message() {
         .send_frame(&Frame::new(true, OpCode::Continuation, "lo"), now)
         .expect("last fragment");
 
-    let events = read_as_client(server.pending_output());
+    let events = read_as_client(&server.pending_output_chunks().flatten().copied().collect::<Vec<u8>>());
     assert!(
         !events.iter().any(|event| matches!(event, Event::Failed(_))),
         "the server's output is not a valid frame stream: {events:?}"
@@ -79,7 +79,7 @@ fn a_refused_text_fragment_does_not_corrupt_the_utf8_check() {
     );
     // The message so far is E2 82; ending it with "a" makes it invalid, so this must fail too.
     let last = server.send_frame(&Frame::new(true, OpCode::Continuation, &b"a"[..]), now);
-    let events = read_as_client(server.pending_output());
+    let events = read_as_client(&server.pending_output_chunks().flatten().copied().collect::<Vec<u8>>());
     assert!(
         last.is_err(),
         "accepted a fragment that ends the text message in invalid UTF-8; the peer read \

@@ -308,25 +308,24 @@ impl Harness {
     }
 
     fn output_full(&self) -> bool {
-        self.conn.pending_output().len() >= self.config.limits().max_queued_output
+        self.conn.pending_output_len() >= self.config.limits().max_queued_output
     }
 
     /// Runs an application command and counts the output it queued.
     fn command<T>(&mut self, f: impl FnOnce(&mut Connection) -> T) -> T {
-        let before = self.conn.pending_output().len();
+        let before = self.conn.pending_output_len();
         let result = f(&mut self.conn);
-        self.commanded_output += self.conn.pending_output().len() - before;
+        self.commanded_output += self.conn.pending_output_len() - before;
         result
     }
 
     /// Runs a call that may parse received bytes; checks the output it queued on its own.
     fn parse_call<T>(&mut self, f: impl FnOnce(&mut Connection) -> T) -> T {
-        let before = self.conn.pending_output().len();
+        let before = self.conn.pending_output_len();
         let result = f(&mut self.conn);
         let grown = self
             .conn
-            .pending_output()
-            .len()
+            .pending_output_len()
             .checked_sub(before)
             .expect("parsing never removes output");
         // Output only grows while parsing: full now if it was when a decision was made.
@@ -504,11 +503,17 @@ impl Harness {
 
     /// Writes up to `limit` bytes (all, through `take_output`, for 0) to the checker.
     fn write(&mut self, limit: usize) {
-        let bytes: Bytes = if limit == 0 {
-            self.conn.take_output()
+        let bytes: Vec<u8> = if limit == 0 {
+            self.conn.take_output().flatten().collect()
         } else {
-            let n = limit.min(self.conn.pending_output().len());
-            let bytes = Bytes::copy_from_slice(&self.conn.pending_output()[..n]);
+            let n = limit.min(self.conn.pending_output_len());
+            let bytes = self
+                .conn
+                .pending_output_chunks()
+                .flatten()
+                .take(n)
+                .copied()
+                .collect();
             self.conn.consume_output(n);
             bytes
         };
@@ -537,7 +542,7 @@ impl Harness {
                 other => panic!("unknown event {other:?}"),
             }
         }
-        let pending = self.checker.pending_output().len();
+        let pending = self.checker.pending_output_len();
         self.checker.consume_output(pending);
     }
 
@@ -545,7 +550,7 @@ impl Harness {
     fn check_output_bound(&self) {
         let bound =
             self.config.limits().max_queued_output + 2 * MAX_CONTROL_FRAME + self.commanded_output;
-        let pending = self.conn.pending_output().len();
+        let pending = self.conn.pending_output_len();
         assert!(
             pending <= bound,
             "{pending} bytes pending, more than the bound {bound}"

@@ -107,7 +107,7 @@ fn connection_receive(c: &mut Criterion) {
     for _ in 0..1000 {
         client.send_binary(&[0x42; 64]).unwrap();
     }
-    let wire = client.take_output();
+    let wire: Vec<u8> = client.take_output().flatten().collect();
     group.throughput(Throughput::Elements(1000));
     group.bench_function("1000_masked_64b_frames", |b| {
         b.iter(|| {

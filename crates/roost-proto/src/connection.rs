@@ -5,11 +5,13 @@
 //! A [`Connection`] owns no socket and no clock. The driver calls, in a loop:
 //!
 //! 1. [`Connection::receive`] with bytes read from the socket (and the current time), or
-//!    [`Connection::receive_eof`] when the peer hung up;
+//!    [`Connection::receive_input`] after reading straight into
+//!    [`Connection::input_buffer`], or [`Connection::receive_eof`] when the peer hung up;
 //! 2. [`Connection::next_event`] until it returns `None`: messages, pings, the peer's close;
 //! 3. commands such as [`Connection::send_text`] or [`Connection::close`] at any time;
-//! 4. [`Connection::pending_output`] / [`Connection::consume_output`] to write what is queued:
-//!    data, automatic pongs, close replies;
+//! 4. [`Connection::pending_output`] / [`Connection::consume_output`] (or
+//!    [`Connection::take_output`]) to write what is queued: data, automatic pongs, close
+//!    replies;
 //! 5. [`Connection::next_deadline`] to arm a timer, and [`Connection::on_deadline`] when it
 //!    fires;
 //! 6. once [`Connection::is_finished`], it writes what is still pending and closes the socket.
@@ -44,11 +46,19 @@ use crate::{
     deflate::DeflateCodec,
     error::ProtocolError,
     extension::Negotiated,
-    frame::{Frame, FrameHeader, MAX_HEADER_LEN, OpCode},
+    frame::{Frame, FrameHeader, OpCode},
     mask::apply_mask,
     message::{Message, Utf8Bytes},
     utf8::Utf8Validator,
 };
+
+/// Payloads at least this long are passed without a copy: a received message is a slice of
+/// the input buffer ([`Connection::input_buffer`]) and a payload sent with
+/// [`Connection::send_binary_bytes`] or [`Connection::send_text_bytes`] goes out as it is
+/// (uncompressed and unmasked). Shorter ones are copied: a copy of a few hundred bytes costs
+/// less than sharing, and a small message kept by the application does not keep a whole read
+/// buffer alive.
+pub const SHARED_PAYLOAD_MIN: usize = 1024;
 
 /// Which end of the connection this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,6 +142,8 @@ struct InFrame {
     remaining: u64,
     /// Payload bytes read so far, the offset into the mask.
     read: usize,
+    /// The payload stays in the input buffer until the frame is complete.
+    in_place: bool,
 }
 
 /// A data message being assembled (or, without assembly, the message whose frames pass by).
@@ -160,11 +172,10 @@ pub struct Connection {
     timed_out: bool,
     /// The time of the latest `receive`, for what parsing queues later.
     now: Option<Instant>,
-    /// Received bytes waiting behind an event the application has not taken yet.
-    unparsed: BytesMut,
+    /// Received bytes not parsed yet: behind an event the application has not taken, an
+    /// incomplete header, or the frame read in place.
+    input: BytesMut,
 
-    header: [u8; MAX_HEADER_LEN],
-    header_len: usize,
     frame: Option<InFrame>,
     message: Option<InMessage>,
     /// Payload of the data message (or frame) being received, unmasked and inflated.
@@ -178,6 +189,11 @@ pub struct Connection {
     sending_fragmented: Option<OpCode>,
     send_utf8: Utf8Validator,
     scratch: Vec<u8>,
+    /// Output ready to write, oldest first: whole pieces (frame headers and payloads sent
+    /// without a copy), then `out`, where frames are encoded.
+    out_chunks: VecDeque<Bytes>,
+    /// Bytes in `out_chunks`.
+    out_chunked: usize,
     out: BytesMut,
     events: VecDeque<Event>,
     auto_response: Option<AutoResponse>,
@@ -237,7 +253,7 @@ impl fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("role", &self.role)
             .field("negotiated", &self.negotiated)
-            .field("pending_output", &self.out.len())
+            .field("pending_output", &self.pending_output_len())
             .field("close_status", &self.close_status())
             .finish_non_exhaustive()
     }
@@ -279,9 +295,7 @@ impl Connection {
             eof: false,
             timed_out: false,
             now: None,
-            unparsed: BytesMut::new(),
-            header: [0; MAX_HEADER_LEN],
-            header_len: 0,
+            input: BytesMut::new(),
             frame: None,
             message: None,
             payload: BytesMut::new(),
@@ -291,6 +305,8 @@ impl Connection {
             sending_fragmented: None,
             send_utf8: Utf8Validator::new(),
             scratch: Vec::new(),
+            out_chunks: VecDeque::new(),
+            out_chunked: 0,
             out: BytesMut::new(),
             events: VecDeque::new(),
             auto_response: None,
@@ -315,66 +331,70 @@ impl Connection {
 
     // ----- read side -------------------------------------------------------------------
 
-    /// Feeds bytes read from the transport. Events become available through
-    /// [`Connection::next_event`]; replies (pongs, close) through
-    /// [`Connection::pending_output`]. Bytes after the peer's close frame, or after a protocol
-    /// error, are ignored.
+    /// Feeds bytes read from the transport (copied into the connection's input buffer).
+    /// Events become available through [`Connection::next_event`]; replies (pongs, close)
+    /// through [`Connection::pending_output`]. Bytes after the peer's close frame, or after a
+    /// protocol error, are ignored.
     ///
-    /// Frames are parsed one event at a time: bytes behind an event wait (copied once) until
-    /// the application asks for the next one. So the application can answer a message before
-    /// a protocol error further on in the same read closes the connection.
+    /// Drivers that own their read buffer avoid the copy with
+    /// [`Connection::input_buffer`] and [`Connection::receive_input`].
     pub fn receive(&mut self, input: &[u8], now: Instant) {
-        self.now = Some(now);
-        if !self.unparsed.is_empty() || !self.events.is_empty() {
-            self.unparsed.extend_from_slice(input);
-            return;
+        if matches!(self.read, ReadState::Open) {
+            self.input.extend_from_slice(input);
         }
-        let consumed = self.parse(input);
-        if consumed < input.len() && matches!(self.read, ReadState::Open) {
-            self.unparsed.extend_from_slice(&input[consumed..]);
-        }
+        self.receive_input(now);
     }
 
-    /// Parses `input` until it is used up or an event is produced; returns the bytes consumed.
-    fn parse(&mut self, mut input: &[u8]) -> usize {
-        let total = input.len();
-        while !input.is_empty() && matches!(self.read, ReadState::Open) && self.events.is_empty() {
-            let step = match self.frame.as_ref() {
-                None => self.receive_header(input),
-                Some(frame) => {
-                    let n = input
-                        .len()
-                        .min(usize::try_from(frame.remaining).unwrap_or(usize::MAX));
-                    self.receive_payload(&input[..n]).map(|()| n)
-                }
+    /// The buffer received bytes wait in. A driver reads from the transport straight into its
+    /// spare capacity (or, while it is empty, swaps in a buffer of its own), then calls
+    /// [`Connection::receive_input`]. A complete data message of at least
+    /// [`SHARED_PAYLOAD_MIN`] bytes is then handed out as a slice of this buffer, unmasked in
+    /// place, without a copy; so is a payload sent back with
+    /// [`Connection::send_binary_bytes`].
+    ///
+    /// What is left after the connection took its bytes (an empty buffer, perhaps with spare
+    /// capacity) may be swapped out again.
+    pub fn input_buffer(&mut self) -> &mut BytesMut {
+        &mut self.input
+    }
+
+    /// Parses what was added to [`Connection::input_buffer`], like [`Connection::receive`].
+    ///
+    /// Frames are parsed one event at a time: bytes behind an event wait in the input buffer
+    /// until the application asks for the next one. So the application can answer a message
+    /// before a protocol error further on in the same read closes the connection.
+    pub fn receive_input(&mut self, now: Instant) {
+        self.now = Some(now);
+        self.parse();
+    }
+
+    /// Parses the input buffer until it is used up, more bytes are needed or an event is
+    /// produced.
+    fn parse(&mut self) {
+        while matches!(self.read, ReadState::Open)
+            && self.events.is_empty()
+            && !self.input.is_empty()
+        {
+            let step = if self.frame.is_none() {
+                self.receive_header()
+            } else {
+                self.receive_payload()
             };
             match step {
-                Ok(consumed) => input = &input[consumed..],
+                Ok(true) => {}
+                Ok(false) => break,
                 Err(error) => self.fail(error),
             }
         }
-        total - input.len()
+        if !matches!(self.read, ReadState::Open) {
+            self.input.clear();
+        }
     }
 
     /// The time of the `receive` whose bytes are being parsed.
     fn parse_time(&self) -> Instant {
         self.now
             .expect("parsing only runs on bytes given to receive, which sets the time")
-    }
-
-    /// Parses bytes that waited behind earlier events.
-    fn parse_unparsed(&mut self) {
-        let unparsed = std::mem::take(&mut self.unparsed);
-        let consumed = self.parse(&unparsed);
-        if consumed < unparsed.len() && matches!(self.read, ReadState::Open) {
-            self.unparsed = unparsed;
-            // Moves the start, without the shared handle `split_to` would make.
-            self.unparsed.advance(consumed);
-        } else {
-            // Keep the allocation for the next time bytes have to wait.
-            self.unparsed = unparsed;
-            self.unparsed.clear();
-        }
     }
 
     /// The transport ended (a read returned 0 bytes or an error).
@@ -386,28 +406,18 @@ impl Connection {
         }
     }
 
-    fn receive_header(&mut self, input: &[u8]) -> Result<usize, ProtocolError> {
-        let before = self.header_len;
-        let decoded = if before == 0 {
-            FrameHeader::decode(input)?
-        } else {
-            let take = input.len().min(MAX_HEADER_LEN - before);
-            self.header[before..before + take].copy_from_slice(&input[..take]);
-            FrameHeader::decode(&self.header[..before + take])?
+    /// Parses a frame header at the start of the input; false while it is incomplete (the
+    /// bytes wait, fewer than [`MAX_HEADER_LEN`]).
+    fn receive_header(&mut self) -> Result<bool, ProtocolError> {
+        let Some((header, header_len)) = FrameHeader::decode(&self.input)? else {
+            return Ok(false);
         };
-        let Some((header, header_len)) = decoded else {
-            // Incomplete: keep all of it (fewer than MAX_HEADER_LEN bytes in total).
-            let take = input.len().min(MAX_HEADER_LEN - before);
-            self.header[before..before + take].copy_from_slice(&input[..take]);
-            self.header_len = before + take;
-            return Ok(take);
-        };
-        self.header_len = 0;
+        self.input.advance(header_len);
         self.start_frame(header)?;
         if header.payload_len == 0 {
             self.finish_frame()?;
         }
-        Ok(header_len - before)
+        Ok(true)
     }
 
     fn start_frame(&mut self, header: FrameHeader) -> Result<(), ProtocolError> {
@@ -472,22 +482,43 @@ impl Connection {
             }
             OpCode::Close | OpCode::Ping | OpCode::Pong => self.control.clear(),
         }
+        // A frame that is a whole message (or, without assembly, any uncompressed data frame)
+        // stays where it arrived: it is unmasked and checked there and handed out as a slice.
+        let in_place = match (&self.message, header.opcode) {
+            (Some(message), OpCode::Text | OpCode::Binary | OpCode::Continuation) => {
+                !message.compressed
+                    && (!self.config.assemble_messages()
+                        || (header.fin && header.opcode != OpCode::Continuation))
+            }
+            _ => false,
+        };
         self.frame = Some(InFrame {
             header,
             remaining: header.payload_len,
             read: 0,
+            in_place,
         });
         Ok(())
     }
 
-    fn receive_payload(&mut self, chunk: &[u8]) -> Result<(), ProtocolError> {
+    /// Takes payload bytes of the current frame from the input; false when the input is used
+    /// up before the frame ends.
+    fn receive_payload(&mut self) -> Result<bool, ProtocolError> {
         let Some(frame) = self.frame.as_mut() else {
-            return Ok(());
+            return Ok(true);
         };
+        if frame.in_place {
+            return self.receive_payload_in_place();
+        }
+        let n = self
+            .input
+            .len()
+            .min(usize::try_from(frame.remaining).unwrap_or(usize::MAX));
         let (mask, offset) = (frame.header.mask, frame.read);
-        frame.read += chunk.len();
-        frame.remaining -= chunk.len() as u64;
+        frame.read += n;
+        frame.remaining -= n as u64;
         let done = frame.remaining == 0;
+        let chunk = &self.input[..n];
         let target = if frame.header.opcode.is_control() {
             let start = self.control.len();
             self.control.extend_from_slice(chunk);
@@ -500,29 +531,28 @@ impl Connection {
             let buffer = if message.compressed {
                 &mut self.compressed
             } else {
+                message.len += n;
                 &mut self.payload
             };
             let start = buffer.len();
             // Grow with the bytes that actually arrive, never by the declared length.
             buffer.extend_from_slice(chunk);
-            if !message.compressed {
-                message.len += chunk.len();
-            }
             &mut buffer[start..]
         };
         if let Some(key) = mask {
             apply_mask(target, key, offset);
         }
-        let check_text = self
-            .message
+        self.input.advance(n);
+        let check_text = !self
+            .frame
             .as_ref()
-            .is_some_and(|m| m.opcode == OpCode::Text && !m.compressed)
-            && !self
-                .frame
+            .is_some_and(|f| f.header.opcode.is_control())
+            && self
+                .message
                 .as_ref()
-                .is_some_and(|f| f.header.opcode.is_control());
+                .is_some_and(|m| m.opcode == OpCode::Text && !m.compressed);
         if check_text {
-            let start = self.payload.len() - chunk.len();
+            let start = self.payload.len() - n;
             self.utf8
                 .feed(&self.payload[start..])
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -530,7 +560,53 @@ impl Connection {
         if done {
             self.finish_frame()?;
         }
-        Ok(())
+        Ok(done)
+    }
+
+    /// [`Connection::receive_payload`] for a frame left in the input buffer: unmasks and
+    /// checks what arrived since the last call (so invalid UTF-8 fails as soon as it arrives),
+    /// and takes the payload out once it is complete.
+    fn receive_payload_in_place(&mut self) -> Result<bool, ProtocolError> {
+        let Some(frame) = self.frame.as_mut() else {
+            return Ok(true);
+        };
+        // At most max_frame_size, so it fits.
+        let len = usize::try_from(frame.header.payload_len).unwrap_or(usize::MAX);
+        let have = self.input.len().min(len);
+        let text = self
+            .message
+            .as_ref()
+            .is_some_and(|m| m.opcode == OpCode::Text);
+        if have > frame.read {
+            let fresh = &mut self.input[frame.read..have];
+            if let Some(key) = frame.header.mask {
+                apply_mask(fresh, key, frame.read);
+            }
+            if text {
+                self.utf8
+                    .feed(fresh)
+                    .map_err(|_| ProtocolError::InvalidUtf8)?;
+            }
+            frame.read = have;
+        }
+        if have < len {
+            return Ok(false);
+        }
+        let fin = frame.header.fin;
+        self.frame = None;
+        let payload = if len < SHARED_PAYLOAD_MIN {
+            // Small: a copy of its own, so it does not keep the whole read buffer alive.
+            let payload = Bytes::copy_from_slice(&self.input[..len]);
+            self.input.advance(len);
+            payload
+        } else {
+            self.input.split_to(len).freeze()
+        };
+        if let Some(message) = self.message.as_mut() {
+            message.len += len;
+        }
+        self.finish_data(fin, payload)?;
+        Ok(true)
     }
 
     fn finish_frame(&mut self) -> Result<(), ProtocolError> {
@@ -542,7 +618,7 @@ impl Connection {
                 let payload = Bytes::copy_from_slice(&self.control);
                 // A peer that never reads cannot make us queue pongs without bound.
                 if matches!(self.write, WriteState::Open)
-                    && self.out.len() < self.config.limits().max_queued_output
+                    && self.pending_output_len() < self.config.limits().max_queued_output
                 {
                     self.write_frame(OpCode::Pong, true, false, &payload);
                 }
@@ -582,6 +658,8 @@ impl Connection {
         Ok(())
     }
 
+    /// Ends a data frame whose payload was gathered in `payload` (inflated first when
+    /// compressed).
     fn finish_data_frame(&mut self, fin: bool) -> Result<(), ProtocolError> {
         let Some(message) = self.message.as_mut() else {
             return Err(ProtocolError::UnexpectedContinuation);
@@ -608,10 +686,24 @@ impl Connection {
                     .map_err(|_| ProtocolError::InvalidUtf8)?;
             }
         }
-        if fin && message.opcode == OpCode::Text {
+        // With assembly, `payload` is handed out when the message is complete.
+        if fin || !self.config.assemble_messages() {
+            let payload = self.payload.split().freeze();
+            self.finish_data(fin, payload)?;
+        }
+        Ok(())
+    }
+
+    /// Hands out a data frame's payload: the whole message's with assembly (once `fin`),
+    /// each frame's without.
+    fn finish_data(&mut self, fin: bool, payload: Bytes) -> Result<(), ProtocolError> {
+        let Some(message) = self.message.as_mut() else {
+            return Err(ProtocolError::UnexpectedContinuation);
+        };
+        let opcode = message.opcode;
+        if fin && opcode == OpCode::Text {
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        let opcode = message.opcode;
         if !self.config.assemble_messages() {
             let wire_opcode = if message.delivered {
                 OpCode::Continuation
@@ -619,25 +711,22 @@ impl Connection {
                 opcode
             };
             message.delivered = true;
-            let payload = self.payload.split().freeze();
+            if fin {
+                self.message = None;
+            }
             let frame = Frame::new(fin, wire_opcode, payload);
             self.events.push_back(Event::Message(Message::Frame(frame)));
+            return Ok(());
         }
-        if fin {
-            self.message = None;
-            if self.config.assemble_messages() {
-                if opcode == OpCode::Text && self.answer_automatically() {
-                    self.payload.clear();
-                    return Ok(());
-                }
-                let payload = self.payload.split().freeze();
-                let message = match opcode {
-                    OpCode::Text => Message::Text(Utf8Bytes::from_validated(payload)),
-                    _ => Message::Binary(payload),
-                };
-                self.events.push_back(Event::Message(message));
-            }
+        self.message = None;
+        if opcode == OpCode::Text && self.answer_automatically(&payload) {
+            return Ok(());
         }
+        let message = match opcode {
+            OpCode::Text => Message::Text(Utf8Bytes::from_validated(payload)),
+            _ => Message::Binary(payload),
+        };
+        self.events.push_back(Event::Message(message));
         Ok(())
     }
 
@@ -655,30 +744,30 @@ impl Connection {
         self.read = ReadState::Failed(code, reason);
         self.frame = None;
         self.message = None;
-        self.unparsed = BytesMut::new();
+        self.input = BytesMut::new();
         self.events.push_back(Event::Failed(error));
     }
 
     /// The next event, or `None` when there is nothing to do yet.
     #[must_use]
     pub fn next_event(&mut self) -> Option<Event> {
-        if self.events.is_empty() && !self.unparsed.is_empty() {
-            self.parse_unparsed();
+        if self.events.is_empty() && !self.input.is_empty() {
+            self.parse();
         }
         self.events.pop_front()
     }
 
     /// Answers the complete text message in `payload` if it is the auto-response request.
-    fn answer_automatically(&mut self) -> bool {
+    fn answer_automatically(&mut self, payload: &[u8]) -> bool {
         let Some(auto) = &self.auto_response else {
             return false;
         };
         // A data frame may not go out in the middle of a fragmented message the application
         // is sending (RFC 6455 §5.4): then the request reaches the application instead.
-        if self.payload[..] != auto.request.as_bytes()[..]
+        if payload != auto.request.as_bytes()
             || !self.can_send()
             || self.sending_fragmented.is_some()
-            || self.out.len() >= self.config.limits().max_queued_output
+            || self.pending_output_len() >= self.config.limits().max_queued_output
         {
             return false;
         }
@@ -716,11 +805,14 @@ impl Connection {
             self.compressed = BytesMut::new();
             self.control = Vec::new();
         }
-        if self.unparsed.is_empty() {
-            self.unparsed = BytesMut::new();
+        if self.input.is_empty() {
+            self.input = BytesMut::new();
         }
         if self.out.is_empty() {
             self.out = BytesMut::new();
+        }
+        if self.out_chunks.is_empty() {
+            self.out_chunks = VecDeque::new();
         }
         self.scratch = Vec::new();
     }
@@ -736,12 +828,11 @@ impl Connection {
             && self.initiator.is_none()
             && !self.eof
             && !self.timed_out
-            && self.unparsed.is_empty()
-            && self.header_len == 0
+            && self.input.is_empty()
             && self.frame.is_none()
             && self.message.is_none()
             && self.sending_fragmented.is_none()
-            && self.out.is_empty()
+            && self.pending_output_len() == 0
             && self.events.is_empty()
             && self
                 .deflate

@@ -43,6 +43,7 @@ pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, ConfigBuilder, DeflateConfig, Limits};
 pub use connection::{
     AutoResponse, CloseInitiator, CloseStatus, Connection, Event, IdleConnection, MaskSource, Role,
+    SHARED_PAYLOAD_MIN,
 };
 pub use error::{ConfigError, HandshakeError, ProtocolError, UsageError};
 pub use extension::{DeflateParams, Negotiated};

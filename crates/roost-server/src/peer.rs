@@ -35,7 +35,7 @@ use std::{
     time::Instant,
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use roost::{
     CloseCode, CloseFrame, CloseInitiator, Message,
     proto::{Connection, Event, IdleConnection},
@@ -56,7 +56,22 @@ const CORK_LIMIT: usize = 64 << 10;
 const READ_CHUNK: usize = 64 << 10;
 
 thread_local! {
-    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+    /// The read buffer a thread's connections share while they hold no bytes of their own.
+    static READ_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Keeps `buf` as the thread's read buffer if it has more room than the one there (the
+/// other is dropped).
+fn give_back_read_buffer(buf: BytesMut) {
+    if buf.capacity() == 0 {
+        return;
+    }
+    READ_BUF.with(|shared| {
+        let mut shared = shared.borrow_mut();
+        if shared.capacity() < buf.capacity() {
+            *shared = buf;
+        }
+    });
 }
 
 tokio::task_local! {
@@ -383,16 +398,19 @@ impl Peer {
     pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> (R, SendOutcome) {
         let mut core = self.core();
         let result = f(&mut core);
-        let pending = core.pending_output().len();
+        let pending = core.pending_output_len();
         let closing = !core.can_send();
         let outcome = if pending == 0 {
             SendOutcome::Sent
         } else if !closing && pending < CORK_LIMIT && self.is_batching() {
-            // Left in the core: the batch's end takes all of it in one piece.
+            // Left in the core: the batch's end takes all of it at once.
             SendOutcome::Sent
         } else {
-            let bytes = core.take_output();
-            self.push(bytes, closing)
+            let mut output = core.take_output();
+            match (output.next(), output.len()) {
+                (Some(bytes), 0) => self.push(bytes, closing),
+                (first, _) => self.push_pieces(first.into_iter().chain(output), closing),
+            }
         };
         drop(core);
         if closing && self.asleep.load(SeqCst) {
@@ -504,6 +522,46 @@ impl Peer {
         }
         self.notify();
         SendOutcome::Queued
+    }
+
+    /// [`push`](Self::push) for output in several pieces (a frame header, then a payload
+    /// sent without a copy, then more frames): queued together, written by one vectored call.
+    fn push_pieces(&self, pieces: impl Iterator<Item = Bytes>, closing: bool) -> SendOutcome {
+        let mut out = self.out();
+        if out.closed {
+            return SendOutcome::Closed;
+        }
+        if !closing && out.queued >= self.shared.config.max_outbound {
+            drop(out);
+            return self.over_limit();
+        }
+        out.closed = closing;
+        let mut len = 0;
+        for piece in pieces {
+            len += piece.len();
+            out.queue.push_back(piece);
+        }
+        out.queued += len;
+        let hold = out.corked && self.is_own_task() && out.queued <= CORK_LIMIT;
+        drop(out);
+        self.shared.metrics.bytes_out.fetch_add(len as u64, Relaxed);
+        if hold {
+            // The batch writes it when it is done.
+            return SendOutcome::Sent;
+        }
+        match self.flush_ready() {
+            Ok(()) if !self.has_queued() => SendOutcome::Sent,
+            Ok(()) => {
+                self.notify();
+                SendOutcome::Queued
+            }
+            Err(_) => {
+                // The peer is gone; its task notices on its next read.
+                self.out().closed = true;
+                self.notify();
+                SendOutcome::Closed
+            }
+        }
     }
 
     fn over_limit(&self) -> SendOutcome {
@@ -644,38 +702,63 @@ impl Peer {
 
     /// Reads what the socket has into the protocol core. Returns false when the socket had
     /// nothing after all (a spurious readiness).
+    ///
+    /// The bytes land in the core's input buffer, where complete messages are handed out
+    /// without a copy. A core that holds no bytes borrows the thread's read buffer for it
+    /// ([`return_read_buffer`](Self::return_read_buffer) gives it back), so a quiet
+    /// connection holds none.
     fn read_ready(&self) -> bool {
-        READ_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            match self.try_read_draining(&mut buf) {
-                Ok(0) => {
-                    self.core().receive_eof();
-                    true
-                }
-                Ok(n) => {
-                    let now = Instant::now();
-                    let ((), _) = self.with_core(|core| core.receive(&buf[..n], now));
-                    true
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-                Err(_) => {
-                    self.core().receive_eof();
-                    true
-                }
+        let mut buf = {
+            let mut core = self.core();
+            let input = core.input_buffer();
+            if input.is_empty() {
+                READ_BUF.with(|shared| std::mem::take(&mut *shared.borrow_mut()))
+            } else {
+                std::mem::take(input)
             }
-        })
+        };
+        buf.reserve(READ_CHUNK);
+        let result = self.try_read_draining(&mut buf);
+        let now = Instant::now();
+        let ((), _) = self.with_core(|core| {
+            let input = core.input_buffer();
+            std::mem::swap(input, &mut buf);
+            match &result {
+                Ok(n) if *n > 0 => core.receive_input(now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                _ => core.receive_eof(),
+            }
+        });
+        give_back_read_buffer(buf);
+        !matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Reads once. A short read emptied the socket's receive queue, so the socket's readiness
-    /// is cleared as well: the next wait then sleeps until new bytes arrive instead of
-    /// returning at once for a read that would only say "would block" (one system call per
-    /// batch saved). tokio's `poll_read` does the same; `try_read` alone does not. A byte that
-    /// arrives during the read raises readiness again, and tokio keeps that.
-    fn try_read_draining(&self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Gives the thread's read buffer back once the core has parsed all of it, for the next
+    /// connection's read; what the messages taken from it still use stays theirs.
+    fn return_read_buffer(&self) {
+        let buf = {
+            let mut core = self.core();
+            let input = core.input_buffer();
+            if !input.is_empty() || input.capacity() == 0 {
+                return;
+            }
+            std::mem::take(input)
+        };
+        give_back_read_buffer(buf);
+    }
+
+    /// Reads once into `buf`'s spare capacity. A short read emptied the socket's receive
+    /// queue, so the socket's readiness is cleared as well: the next wait then sleeps until
+    /// new bytes arrive instead of returning at once for a read that would only say "would
+    /// block" (one system call per batch saved). tokio's `poll_read` does the same; `try_read`
+    /// alone does not. A byte that arrives during the read raises readiness again, and tokio
+    /// keeps that.
+    fn try_read_draining(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        let room = buf.capacity() - buf.len();
         let mut read = None;
         let result = self.socket.try_io(tokio::io::Interest::READABLE, || {
-            let n = self.socket.try_read(buf)?;
-            if n == 0 || n == buf.len() {
+            let n = self.socket.try_read_buf(buf)?;
+            if n == 0 || n == room {
                 return Ok(n);
             }
             read = Some(n);
@@ -905,6 +988,7 @@ async fn drive(
             peer.set_state(ConnState::Parked);
         }
         peer.set_corked(false);
+        peer.return_read_buffer();
         peer.flush_deferred_broadcasts();
         peer.close_if_kicked();
         let hits = peer.core().auto_response_hits();

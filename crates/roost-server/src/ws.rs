@@ -101,9 +101,10 @@ impl Ws {
 
     /// Sends a data message.
     pub fn send(&self, data: Data) -> SendOutcome {
-        let (sent, outcome) = self.peer.with_core(|core| match &data {
-            Data::Text(text) => core.send_text(text),
-            Data::Binary(bytes) => core.send_binary(bytes),
+        // The payload is shared with the output, not copied (from 1 KiB; smaller ones are).
+        let (sent, outcome) = self.peer.with_core(|core| match data {
+            Data::Text(text) => core.send_text_bytes(text),
+            Data::Binary(bytes) => core.send_binary_bytes(bytes),
         });
         match sent {
             Ok(()) => {

@@ -191,13 +191,17 @@ impl<S: Transport> WebSocket<S> {
 
     /// Writes everything queued.
     pub fn flush(&mut self) -> Result<(), Error> {
-        let pending = self.connection.pending_output();
-        if !pending.is_empty() {
+        if self.connection.pending_output_len() == 0 {
+            return Ok(());
+        }
+        // Piece by piece: a payload sent without a copy is a piece of its own.
+        while self.connection.pending_output_len() > 0 {
+            let pending = self.connection.pending_output();
             let written = pending.len();
             self.io.write_all(pending)?;
             self.connection.consume_output(written);
-            self.io.flush()?;
         }
+        self.io.flush()?;
         Ok(())
     }
 }

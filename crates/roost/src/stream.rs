@@ -2,6 +2,7 @@
 
 use std::{
     fmt,
+    io::IoSlice,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll, Wake, Waker, ready},
@@ -11,12 +12,15 @@ use std::{
 use futures_core::Stream;
 use futures_sink::Sink;
 use roost_proto::{CloseFrame, CloseStatus, Connection, Event, Message, Negotiated};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Error;
 
 /// Bytes read from the socket per read call.
 const READ_CHUNK: usize = 32 << 10;
+
+/// Most pieces of output one vectored write takes.
+const MAX_WRITE_SLICES: usize = 16;
 
 /// A WebSocket over a byte stream `S` (TCP, TLS, an upgraded hyper connection, …).
 ///
@@ -32,7 +36,6 @@ pub struct WebSocket<S> {
     io: S,
     connection: Connection,
     protocol: Option<String>,
-    read_buf: Box<[u8]>,
     wakers: Arc<WriteWakers>,
     write_waker: Waker,
     deadline: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
@@ -99,7 +102,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             io,
             connection,
             protocol: None,
-            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             write_waker: Waker::from(wakers.clone()),
             wakers,
             deadline: None,
@@ -177,9 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Writes queued output. `Ready(Ok)` once all of it is written.
     fn poll_write_out(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<Result<(), Error>> {
-        self.poll_write_while(cx, side, |connection| {
-            !connection.pending_output().is_empty()
-        })
+        self.poll_write_while(cx, side, |connection| connection.pending_output_len() > 0)
     }
 
     /// Writes queued output for as long as `more` holds.
@@ -192,9 +192,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         while more(&self.connection) {
             self.wakers.register(side, cx.waker());
             let mut proxy = Context::from_waker(&self.write_waker);
-            let written = ready!(
-                Pin::new(&mut self.io).poll_write(&mut proxy, self.connection.pending_output())
-            )?;
+            let written = if self.io.is_write_vectored() {
+                // Frame headers and payloads sent without a copy, in one system call.
+                let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+                let mut n = 0;
+                for (slot, chunk) in slices
+                    .iter_mut()
+                    .zip(self.connection.pending_output_chunks())
+                {
+                    *slot = IoSlice::new(chunk);
+                    n += 1;
+                }
+                ready!(Pin::new(&mut self.io).poll_write_vectored(&mut proxy, &slices[..n]))?
+            } else {
+                ready!(
+                    Pin::new(&mut self.io).poll_write(&mut proxy, self.connection.pending_output())
+                )?
+            };
             if written == 0 {
                 return Poll::Ready(Err(Error::Io(std::io::ErrorKind::WriteZero.into())));
             }
@@ -225,16 +239,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             if self.poll_deadline(cx) {
                 continue;
             }
-            let mut buf = ReadBuf::new(&mut self.read_buf);
-            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) => {
-                    let n = buf.filled().len();
-                    if n == 0 {
-                        self.connection.receive_eof();
-                    } else {
-                        self.connection.receive(&self.read_buf[..n], Instant::now());
-                    }
-                }
+            // Straight into the connection's input buffer: complete messages are slices of it.
+            let input = self.connection.input_buffer();
+            input.reserve(READ_CHUNK);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, input) {
+                Poll::Ready(Ok(0)) => self.connection.receive_eof(),
+                Poll::Ready(Ok(_)) => self.connection.receive_input(Instant::now()),
                 Poll::Ready(Err(error)) => {
                     self.connection.receive_eof();
                     return Poll::Ready(Some(Err(Error::Io(error))));

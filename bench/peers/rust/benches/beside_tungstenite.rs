@@ -60,7 +60,7 @@ fn client_frames(payload: &[u8], count: usize, text: bool) -> Bytes {
             client.send_binary(payload).unwrap();
         }
     }
-    client.take_output()
+    client.take_output().flatten().collect()
 }
 
 fn roost_receive(wire: &Bytes, count: usize) {

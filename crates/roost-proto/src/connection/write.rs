@@ -1,16 +1,16 @@
 //! The write side of [`Connection`]: messages, control frames, the frame-level API and the
 //! output buffer.
 
-use std::time::Instant;
+use std::{collections::vec_deque, time::Instant};
 
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes};
 
-use super::{CloseInitiator, Connection, Role, WriteState};
+use super::{CloseInitiator, Connection, Role, SHARED_PAYLOAD_MIN, WriteState};
 use crate::{
     close::{CloseFrame, ClosePayloadError, MAX_CLOSE_REASON, parse_close_payload},
     error::UsageError,
-    frame::{Frame, MAX_CONTROL_PAYLOAD, OpCode, encode_frame},
-    message::Message,
+    frame::{Frame, FrameHeader, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode, encode_frame},
+    message::{Message, Utf8Bytes},
     utf8::Utf8Validator,
 };
 
@@ -25,11 +25,24 @@ impl Connection {
         self.send_data(OpCode::Binary, data)
     }
 
-    /// Queues any message: data, ping, pong or close.
+    /// Queues a text message like [`Connection::send_text`], without copying the payload
+    /// when it goes out as it is (see [`SHARED_PAYLOAD_MIN`]).
+    pub fn send_text_bytes(&mut self, text: Utf8Bytes) -> Result<(), UsageError> {
+        self.send_data_bytes(OpCode::Text, Bytes::from(text))
+    }
+
+    /// Queues a binary message like [`Connection::send_binary`], without copying the payload
+    /// when it goes out as it is (see [`SHARED_PAYLOAD_MIN`]).
+    pub fn send_binary_bytes(&mut self, data: Bytes) -> Result<(), UsageError> {
+        self.send_data_bytes(OpCode::Binary, data)
+    }
+
+    /// Queues any message: data, ping, pong or close. Data payloads are shared, not copied,
+    /// where [`Connection::send_binary_bytes`] would.
     pub fn send(&mut self, message: &Message, now: Instant) -> Result<(), UsageError> {
         match message {
-            Message::Text(text) => self.send_text(text),
-            Message::Binary(data) => self.send_binary(data),
+            Message::Text(text) => self.send_text_bytes(text.clone()),
+            Message::Binary(data) => self.send_binary_bytes(data.clone()),
             Message::Ping(payload) => self.send_ping(payload),
             Message::Pong(payload) => self.send_pong(payload),
             Message::Close(frame) => self.close(frame.clone(), now),
@@ -130,6 +143,39 @@ impl Connection {
         Ok(())
     }
 
+    fn send_data_bytes(&mut self, opcode: OpCode, data: Bytes) -> Result<(), UsageError> {
+        let as_is = data.len() >= SHARED_PAYLOAD_MIN
+            && self
+                .deflate
+                .as_ref()
+                .is_none_or(|codec| !codec.should_compress(data.len()))
+            && (self.role == Role::Server || self.negotiated.no_masking);
+        if !as_is {
+            return self.send_data(opcode, &data);
+        }
+        self.ensure_writable()?;
+        if self.sending_fragmented.is_some() {
+            return Err(UsageError::MessageUnfinished);
+        }
+        let header = FrameHeader {
+            fin: true,
+            rsv1: false,
+            rsv2: false,
+            rsv3: false,
+            opcode,
+            mask: None,
+            payload_len: data.len() as u64,
+        };
+        let mut encoded = [0u8; MAX_HEADER_LEN];
+        let header_len = header.encode(&mut encoded);
+        self.out.extend_from_slice(&encoded[..header_len]);
+        let head = self.out.split().freeze();
+        self.out_chunked += head.len() + data.len();
+        self.out_chunks.push_back(head);
+        self.out_chunks.push_back(data);
+        Ok(())
+    }
+
     pub(super) fn send_control(
         &mut self,
         opcode: OpCode,
@@ -173,26 +219,63 @@ impl Connection {
         encode_frame(&mut self.out, opcode, fin, rsv1, mask, payload);
     }
 
-    /// Bytes waiting to be written to the transport.
+    /// The first piece of the bytes waiting to be written to the transport (empty when
+    /// nothing waits). Output is kept in pieces so payloads can go out without a copy: a
+    /// driver writes this piece (or all of [`Connection::pending_output_chunks`] in one
+    /// vectored write), reports it with [`Connection::consume_output`] and asks again.
     #[must_use]
     pub fn pending_output(&self) -> &[u8] {
-        &self.out
+        self.out_chunks
+            .front()
+            .map_or(&self.out[..], |chunk| &chunk[..])
     }
 
-    /// Marks the first `written` bytes of [`Connection::pending_output`] as written.
-    pub fn consume_output(&mut self, written: usize) {
-        let _ = self.out.split_to(written.min(self.out.len()));
+    /// Every piece of the pending output, in order, for a vectored write.
+    pub fn pending_output_chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.out_chunks
+            .iter()
+            .map(|chunk| &chunk[..])
+            .chain((!self.out.is_empty()).then_some(&self.out[..]))
     }
 
-    /// Takes all pending output at once, for drivers that hand buffers to the transport.
+    /// How many bytes wait to be written, in all pieces.
     #[must_use]
-    pub fn take_output(&mut self) -> Bytes {
-        self.out.split().freeze()
+    pub fn pending_output_len(&self) -> usize {
+        self.out_chunked + self.out.len()
+    }
+
+    /// Marks the first `written` bytes of the pending output as written; they may span
+    /// several pieces.
+    pub fn consume_output(&mut self, written: usize) {
+        let mut left = written.min(self.pending_output_len());
+        while left > 0 {
+            let Some(front) = self.out_chunks.front_mut() else {
+                self.out.advance(left);
+                return;
+            };
+            let n = left.min(front.len());
+            front.advance(n);
+            self.out_chunked -= n;
+            left -= n;
+            if front.is_empty() {
+                self.out_chunks.pop_front();
+            }
+        }
+    }
+
+    /// Takes all pending output at once, in order, for drivers that hand buffers to the
+    /// transport.
+    pub fn take_output(&mut self) -> vec_deque::Drain<'_, Bytes> {
+        if !self.out.is_empty() {
+            self.out_chunks.push_back(self.out.split().freeze());
+        }
+        self.out_chunked = 0;
+        self.out_chunks.drain(..)
     }
 
     /// Whether the queued output has reached [`crate::Limits::max_queued_output`]: a driver
     /// should stop accepting sends until the transport drains it.
     pub fn is_write_blocked(&self) -> bool {
-        self.out.len() >= self.config.limits().max_queued_output
+        self.pending_output_len() >= self.config.limits().max_queued_output
     }
 }
