@@ -61,9 +61,10 @@ thread_local! {
 }
 
 /// Keeps `buf` as the thread's read buffer if it has more room than the one there (the
-/// other is dropped).
+/// other is dropped). One grown for a large message is dropped: the thread keeps a few read
+/// chunks, not the largest message it ever saw.
 fn give_back_read_buffer(buf: BytesMut) {
-    if buf.capacity() == 0 {
+    if buf.capacity() == 0 || buf.capacity() > 4 * READ_CHUNK {
         return;
     }
     READ_BUF.with(|shared| {
