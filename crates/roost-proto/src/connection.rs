@@ -407,7 +407,7 @@ impl Connection {
     }
 
     /// Parses a frame header at the start of the input; false while it is incomplete (the
-    /// bytes wait, fewer than [`MAX_HEADER_LEN`]).
+    /// bytes wait: at most 13 of them).
     fn receive_header(&mut self) -> Result<bool, ProtocolError> {
         let Some((header, header_len)) = FrameHeader::decode(&self.input)? else {
             return Ok(false);
