@@ -255,7 +255,9 @@ impl Harness {
             }
             Action::SendBinary(data) => {
                 let can = self.conn.can_send() && self.sending.is_none();
-                let result = self.command(|conn| conn.send_binary(&data));
+                // The shared-payload path: a large payload becomes its own output piece.
+                let payload = Bytes::copy_from_slice(&data);
+                let result = self.command(|conn| conn.send_binary_bytes(payload));
                 assert_eq!(result.is_ok(), can, "send_binary: {result:?}");
                 if result.is_ok() {
                     self.expected.push_back(Message::Binary(data.0.into()));

@@ -550,6 +550,12 @@ impl Peer {
             // The batch writes it when it is done.
             return SendOutcome::Sent;
         }
+        self.flush_or_hand_over()
+    }
+
+    /// Writes what is queued; what the socket does not take now is left to the connection's
+    /// task, woken for it.
+    fn flush_or_hand_over(&self) -> SendOutcome {
         match self.flush_ready() {
             Ok(()) if !self.has_queued() => SendOutcome::Sent,
             Ok(()) => {
@@ -557,7 +563,7 @@ impl Peer {
                 SendOutcome::Queued
             }
             Err(_) => {
-                // The peer is gone; its task notices on its next read.
+                // The peer is gone; its task notices when woken.
                 self.out().closed = true;
                 self.notify();
                 SendOutcome::Closed
@@ -625,20 +631,10 @@ impl Peer {
         }
     }
 
-    /// Writes what broadcasts deferred to this connection, if anything; what the socket does
-    /// not take now is left to the connection's task, woken for it.
+    /// Writes what broadcasts deferred to this connection, if anything.
     pub(crate) fn flush_deferred(&self) {
-        if !std::mem::take(&mut self.out().flush_pending) {
-            return;
-        }
-        match self.flush_ready() {
-            Ok(()) if !self.has_queued() => {}
-            Ok(()) => self.notify(),
-            Err(_) => {
-                // The peer is gone; its task notices when woken.
-                self.out().closed = true;
-                self.notify();
-            }
+        if std::mem::take(&mut self.out().flush_pending) {
+            let _ = self.flush_or_hand_over();
         }
     }
 

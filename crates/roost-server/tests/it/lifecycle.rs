@@ -50,7 +50,7 @@ async fn idle_connections_hibernate_and_wake_on_the_next_frame() {
         metrics.connections(ConnState::Dormant) == 2 && metrics.hibernating() == 2
     })
     .await;
-    // A send from elsewhere reaches a hibernating connection.
+    // Hibernating again, it wakes again on the next frame.
     within(ws.send(Message::text("again"))).await.unwrap();
     assert!(next_text(&mut ws).await.starts_with("resume "));
 }
