@@ -1,10 +1,11 @@
 //! The bench app on tokio-tungstenite: echo on any path, broadcast to the others on
 //! `/room/<name>`. tungstenite answers pings and close frames itself; they go out on the next
-//! read, which this loop always makes.
+//! read, which this loop always makes. Replies are fed while more input is already decoded or
+//! queued and flushed once per batch, the way a tuned tokio-tungstenite server writes.
 
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use roost_bench_peers::{Args, Membership, Rooms, accept, listen, room_name};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -49,12 +50,20 @@ async fn connection(stream: TcpStream, rooms: Arc<Rooms<Message>>) -> Result<(),
     let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback).await?;
 
     let Some(room) = room_name(&path) else {
-        // Echo: answer each message in place.
+        // Echo: answer each message in place, one flush for all the input at hand.
         while let Some(message) = ws.next().await {
-            let message = message?;
-            if message.is_text() || message.is_binary() {
-                ws.send(message).await?;
+            let mut message = message?;
+            loop {
+                if message.is_text() || message.is_binary() {
+                    ws.feed(message).await?;
+                }
+                match ws.next().now_or_never() {
+                    Some(Some(next)) => message = next?,
+                    // Nothing decoded yet, or the stream ended: the outer loop sees which.
+                    _ => break,
+                }
             }
+            ws.flush().await?;
         }
         return Ok(());
     };
@@ -71,7 +80,13 @@ async fn connection(stream: TcpStream, rooms: Arc<Rooms<Message>>) -> Result<(),
                 Some(Err(err)) => return Err(err),
                 None => return Ok(()),
             },
-            Some(message) = inbox.recv() => ws.send(message).await?,
+            Some(message) = inbox.recv() => {
+                ws.feed(message).await?;
+                while let Ok(message) = inbox.try_recv() {
+                    ws.feed(message).await?;
+                }
+                ws.flush().await?;
+            }
         }
     }
 }
