@@ -28,7 +28,7 @@ use crate::{
     AttachmentError, Metrics, ServerConfig,
     broker::Cluster,
     handler::{DynHandler, DynHttpHandler, Handler, HttpHandler, not_found},
-    peer::{self, Due, Peer, Sleeper},
+    peer::{Due, Peer, Sleeper},
     plain_http::serve_http,
     resume::{ResumeKey, UsedTokens},
     room::{Room, Rooms},
@@ -337,7 +337,7 @@ impl Shared {
         let sleeper = self.sleeping().remove(&id);
         if let Some(sleeper) = sleeper {
             self.metrics.hibernating.fetch_sub(1, Relaxed);
-            self.runtime.spawn(sleeper.resume());
+            sleeper.resume(&self.runtime);
         }
     }
 
@@ -346,7 +346,7 @@ impl Shared {
         let sleepers: Vec<Sleeper> = self.sleeping().drain().map(|(_, s)| s).collect();
         for sleeper in sleepers {
             self.metrics.hibernating.fetch_sub(1, Relaxed);
-            self.runtime.spawn(sleeper.resume());
+            sleeper.resume(&self.runtime);
         }
     }
 
@@ -749,13 +749,7 @@ async fn accept_ws(
         .insert(id, Arc::downgrade(&peer));
     let (handler, url) = (route.handler.clone(), request.uri().clone());
     drop(request);
-    tokio::spawn(peer::run(
-        peer,
-        handler,
-        url,
-        leftover,
-        Box::new((open, task)),
-    ));
+    handler.spawn_open(peer, url, leftover, Box::new((open, task)));
 }
 
 /// Keepalive pings and idle timeouts for hibernating connections, which have no task and no

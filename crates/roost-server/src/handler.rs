@@ -9,13 +9,16 @@
 //! - An `Err(Disconnect)` from `on_open` or `on_message` closes that connection with the
 //!   disconnect's code and reason; a panic closes it with 1011. Nothing else is affected.
 
-use std::{fmt, future::Future, pin::Pin};
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use roost::{CloseCode, Utf8Bytes, proto::close::MAX_CLOSE_REASON};
 
-use crate::{Room, Ws};
+use crate::{
+    Room, Ws,
+    peer::{Guards, Peer, Sleeper},
+};
 
 /// A received data message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,34 +185,24 @@ pub(crate) async fn not_found(_: Request<Bytes>) -> Response<Bytes> {
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// [`Handler`] with boxed futures, so routes can hold different handler types.
+/// A [`Handler`] of any type behind one pointer type, so routes can hold different handlers.
+/// The type is erased once per connection task, not per call: each task runs code made for
+/// its handler, with the handler's futures inline in the task (no allocation per message).
 pub(crate) trait DynHandler: Send + Sync + 'static {
-    fn on_open<'a>(&'a self, ws: &'a Ws, url: &'a Uri) -> BoxFuture<'a, Result<(), Disconnect>>;
-    fn on_message<'a>(
-        &'a self,
-        ws: &'a Ws,
-        data: Data,
-        room: &'a Room,
-    ) -> BoxFuture<'a, Result<(), Disconnect>>;
-    fn on_close<'a>(&'a self, ws: &'a Ws, code: CloseCode, reason: &'a str) -> BoxFuture<'a, ()>;
+    /// Starts the task of a connection that just opened.
+    fn spawn_open(self: Arc<Self>, peer: Arc<Peer>, url: Uri, leftover: Bytes, guards: Guards);
+
+    /// Starts the task of a hibernating connection again, on `runtime`.
+    fn spawn_resume(self: Arc<Self>, runtime: &tokio::runtime::Handle, sleeper: Sleeper);
 }
 
 impl<H: Handler> DynHandler for H {
-    fn on_open<'a>(&'a self, ws: &'a Ws, url: &'a Uri) -> BoxFuture<'a, Result<(), Disconnect>> {
-        Box::pin(Handler::on_open(self, ws, url))
+    fn spawn_open(self: Arc<Self>, peer: Arc<Peer>, url: Uri, leftover: Bytes, guards: Guards) {
+        tokio::spawn(crate::peer::run(peer, self, url, leftover, guards));
     }
 
-    fn on_message<'a>(
-        &'a self,
-        ws: &'a Ws,
-        data: Data,
-        room: &'a Room,
-    ) -> BoxFuture<'a, Result<(), Disconnect>> {
-        Box::pin(Handler::on_message(self, ws, data, room))
-    }
-
-    fn on_close<'a>(&'a self, ws: &'a Ws, code: CloseCode, reason: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(Handler::on_close(self, ws, code, reason))
+    fn spawn_resume(self: Arc<Self>, runtime: &tokio::runtime::Handle, sleeper: Sleeper) {
+        runtime.spawn(crate::peer::resume(self, sleeper));
     }
 }
 

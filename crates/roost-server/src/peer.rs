@@ -43,7 +43,7 @@ use roost::{
 use tokio::{net::TcpStream, sync::Notify};
 
 use crate::{
-    BackpressurePolicy, ConnState, Data, Room, Ws,
+    BackpressurePolicy, ConnState, Data, Handler, Room, Ws,
     app::Shared,
     handler::{Disconnect, DynHandler},
     store::ConnectionId,
@@ -136,10 +136,11 @@ impl Sleeper {
         }
     }
 
-    /// Starts the connection's task again.
-    pub(crate) fn resume(self) -> impl Future<Output = ()> + Send + 'static {
+    /// Starts the connection's task again, on `runtime`.
+    pub(crate) fn resume(self, runtime: &tokio::runtime::Handle) {
         self.peer.asleep.store(false, SeqCst);
-        resume(self)
+        let handler = self.handler.clone();
+        handler.spawn_resume(runtime, self);
     }
 }
 
@@ -619,14 +620,22 @@ impl Peer {
     }
 
     /// Starts or ends a batch of the own task's writes. Ending it hands what the batch
-    /// produced to the outbound queue; the caller then flushes.
+    /// produced to the outbound queue (the caller then flushes) and gives the thread's read
+    /// buffer back once the core has parsed all of it, for the next connection's read; what
+    /// the messages taken from it still use stays theirs.
     fn set_corked(&self, corked: bool) {
         if corked {
             self.out().corked = true;
             self.batching.store(true, Relaxed);
         } else {
             self.batching.store(false, Relaxed);
-            let _ = self.with_core(|_| ());
+            let (buf, _) = self.with_core(|core| {
+                let input = core.input_buffer();
+                (input.is_empty() && input.capacity() > 0).then(|| std::mem::take(input))
+            });
+            if let Some(buf) = buf {
+                give_back_read_buffer(buf);
+            }
             self.out().corked = false;
         }
     }
@@ -702,7 +711,7 @@ impl Peer {
     ///
     /// The bytes land in the core's input buffer, where complete messages are handed out
     /// without a copy. A core that holds no bytes borrows the thread's read buffer for it
-    /// ([`return_read_buffer`](Self::return_read_buffer) gives it back), so a quiet
+    /// (the batch's end gives it back, [`set_corked`](Self::set_corked)), so a quiet
     /// connection holds none.
     fn read_ready(&self) -> bool {
         let mut buf = {
@@ -728,20 +737,6 @@ impl Peer {
         });
         give_back_read_buffer(buf);
         !matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-    }
-
-    /// Gives the thread's read buffer back once the core has parsed all of it, for the next
-    /// connection's read; what the messages taken from it still use stays theirs.
-    fn return_read_buffer(&self) {
-        let buf = {
-            let mut core = self.core();
-            let input = core.input_buffer();
-            if !input.is_empty() || input.capacity() == 0 {
-                return;
-            }
-            std::mem::take(input)
-        };
-        give_back_read_buffer(buf);
     }
 
     /// Reads once into `buf`'s spare capacity. A short read emptied the socket's receive
@@ -786,9 +781,9 @@ impl Peer {
 
 /// Runs one connection from the 101 response until it ends (then cleans up after it) or
 /// hibernates.
-pub(crate) async fn run(
+pub(crate) async fn run<H: Handler>(
     peer: Arc<Peer>,
-    handler: Arc<dyn DynHandler>,
+    handler: Arc<H>,
     url: http::Uri,
     leftover: Bytes,
     guards: Guards,
@@ -799,9 +794,9 @@ pub(crate) async fn run(
         .await;
 }
 
-async fn open_and_drive(
+async fn open_and_drive<H: Handler>(
     peer: Arc<Peer>,
-    handler: Arc<dyn DynHandler>,
+    handler: Arc<H>,
     url: http::Uri,
     leftover: Bytes,
     guards: Guards,
@@ -832,10 +827,11 @@ async fn open_and_drive(
 }
 
 /// A hibernating connection's new task: reads what woke it, then carries on as before.
-async fn resume(sleeper: Sleeper) {
+/// `handler` is the sleeper's own, with its type known.
+pub(crate) async fn resume<H: Handler>(handler: Arc<H>, sleeper: Sleeper) {
     let Sleeper {
         peer,
-        handler,
+        handler: _,
         guards,
         mut idle,
     } = sleeper;
@@ -853,9 +849,9 @@ async fn resume(sleeper: Sleeper) {
 }
 
 /// Drives the connection until it ends, then cleans up after it, or until it hibernates.
-async fn drive_then_rest(
+async fn drive_then_rest<H: Handler>(
     peer: Arc<Peer>,
-    handler: Arc<dyn DynHandler>,
+    handler: Arc<H>,
     ws: Ws,
     room: Room,
     guards: Guards,
@@ -865,7 +861,7 @@ async fn drive_then_rest(
         drop((ws, room));
         hibernate(Sleeper {
             peer,
-            handler,
+            handler: handler as Arc<dyn DynHandler>,
             guards,
             idle,
         });
@@ -933,9 +929,9 @@ async fn call_handler(
     }
 }
 
-async fn drive(
+async fn drive<H: Handler>(
     peer: &Peer,
-    handler: &dyn DynHandler,
+    handler: &H,
     ws: &Ws,
     room: &Room,
     idle: &mut Idle,
@@ -950,8 +946,11 @@ async fn drive(
         // Everything the core has parsed, in order; replies leave together afterwards.
         peer.set_corked(true);
         let mut live = false;
+        // Counted once per batch: the server's counters are shared by every thread.
+        let (mut messages, mut bytes) = (0, 0);
         loop {
-            let (event, _) = peer.with_core(|core| core.next_event());
+            let ((event, can_send), _) =
+                peer.with_core(|core| (core.next_event(), core.can_send()));
             let Some(event) = event else { break };
             let data = match event {
                 Event::Message(Message::Text(text)) => Data::Text(text),
@@ -962,14 +961,11 @@ async fn drive(
                 }
                 _ => continue,
             };
-            let metrics = &peer.shared.metrics;
-            metrics.messages_in.fetch_add(1, Relaxed);
-            metrics
-                .bytes_in
-                .fetch_add(data.as_bytes().len() as u64, Relaxed);
+            messages += 1;
+            bytes += data.as_bytes().len() as u64;
             // Once our close is on its way (the handler said disconnect, the policy or a
             // shutdown closed it), the handler hears nothing more.
-            if !peer.core().can_send() {
+            if !can_send {
                 continue;
             }
             // Live for the batch as a whole: the gauges move once per batch, not per message.
@@ -984,17 +980,30 @@ async fn drive(
         if live {
             peer.set_state(ConnState::Parked);
         }
+        if messages > 0 {
+            let metrics = &peer.shared.metrics;
+            metrics.messages_in.fetch_add(messages, Relaxed);
+            metrics.bytes_in.fetch_add(bytes, Relaxed);
+        }
         peer.set_corked(false);
-        peer.return_read_buffer();
         peer.flush_deferred_broadcasts();
         peer.close_if_kicked();
-        let hits = peer.core().auto_response_hits();
-        peer.shared
-            .metrics
-            .auto_response_hits
-            .fetch_add(hits - idle.hits_seen, Relaxed);
-        idle.hits_seen = hits;
-        if peer.core().is_finished() {
+        let (hits, finished, close_deadline) = {
+            let core = peer.core();
+            (
+                core.auto_response_hits(),
+                core.is_finished(),
+                core.next_deadline(),
+            )
+        };
+        if hits > idle.hits_seen {
+            peer.shared
+                .metrics
+                .auto_response_hits
+                .fetch_add(hits - idle.hits_seen, Relaxed);
+            idle.hits_seen = hits;
+        }
+        if finished {
             return Next::Finished;
         }
         if peer.flush_ready().is_err() {
@@ -1010,7 +1019,7 @@ async fn drive(
         if peer.state() != ConnState::Dormant {
             deadline = deadline.min(last_input + config.dormant_after);
         }
-        if let Some(close_deadline) = peer.core().next_deadline() {
+        if let Some(close_deadline) = close_deadline {
             deadline = deadline.min(close_deadline);
         }
         // Dormant with nothing due: the task ends, and the sweeper keeps the timers.
@@ -1059,7 +1068,7 @@ async fn drive(
     }
 }
 
-async fn finish(peer: &Arc<Peer>, handler: &dyn DynHandler, ws: &Ws) {
+async fn finish<H: Handler>(peer: &Arc<Peer>, handler: &H, ws: &Ws) {
     // What is still queued (our close frame among it) gets a bounded chance to leave.
     let limit = peer.shared.config.protocol.limits().close_timeout;
     let _ = tokio::time::timeout(limit, async {
@@ -1105,7 +1114,7 @@ async fn finish(peer: &Arc<Peer>, handler: &dyn DynHandler, ws: &Ws) {
     shared.metrics.leave(peer.state());
 }
 
-async fn call_on_close(handler: &dyn DynHandler, ws: &Ws, code: CloseCode, reason: &str) -> bool {
+async fn call_on_close<H: Handler>(handler: &H, ws: &Ws, code: CloseCode, reason: &str) -> bool {
     use futures_util::FutureExt as _;
     std::panic::AssertUnwindSafe(handler.on_close(ws, code, reason))
         .catch_unwind()
