@@ -6,7 +6,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        Arc, Mutex, MutexGuard, Weak,
+        Arc, Mutex, Weak,
         atomic::{AtomicUsize, Ordering::Relaxed},
     },
     time::{Duration, Instant, SystemTime},
@@ -28,10 +28,11 @@ use crate::{
     AttachmentError, Metrics, ServerConfig,
     broker::Cluster,
     handler::{DynHandler, DynHttpHandler, Handler, HttpHandler, not_found},
-    peer::{Due, Peer, Sleeper},
+    peer::{Due, Peer},
     plain_http::serve_http,
     resume::{ResumeKey, UsedTokens},
     room::{Room, Rooms},
+    sleepers::{self, Sleepers},
     store::{AttachmentStore, ConnectionId, DirStore, MemoryStore, redis::RedisStore},
 };
 
@@ -194,13 +195,14 @@ impl App {
         };
         let (store, resume_key) = open_store(&self.config)?;
         let (trigger, shutdown) = watch::channel(false);
+        let (sleepers, sleeper_poll) = Sleepers::new()?;
         let shared = Arc::new(Shared {
             config: self.config,
             rooms: Rooms::default(),
             metrics: Metrics::default(),
             shutdown,
             peers: Mutex::new(HashMap::new()),
-            sleeping: Mutex::new(HashMap::new()),
+            sleepers,
             runtime: tokio::runtime::Handle::current(),
             store,
             resume_key,
@@ -211,6 +213,7 @@ impl App {
             cluster,
         });
         tokio::spawn(sweep_sleepers(Arc::downgrade(&shared)));
+        sleepers::spawn_waker_thread(Arc::downgrade(&shared), sleeper_poll)?;
         if let Some(mut incoming) = incoming {
             // Messages from the other processes, delivered to this one's members.
             let shared = Arc::downgrade(&shared);
@@ -271,7 +274,7 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     peers: Mutex<HashMap<ConnectionId, Weak<Peer>>>,
     /// Hibernating connections: no task runs for them until [`Shared::wake`].
-    sleeping: Mutex<HashMap<ConnectionId, Sleeper>>,
+    pub(crate) sleepers: Sleepers,
     /// Where woken connections' tasks run.
     runtime: tokio::runtime::Handle,
     store: Arc<dyn AttachmentStore>,
@@ -325,16 +328,10 @@ impl Shared {
         self.cluster.as_ref().is_none_or(|cluster| cluster.ready())
     }
 
-    /// Keeps a hibernating connection until something wakes it.
-    pub(crate) fn sleep(&self, id: ConnectionId, sleeper: Sleeper) {
-        self.sleeping().insert(id, sleeper);
-        self.metrics.hibernating.fetch_add(1, Relaxed);
-    }
-
-    /// Starts a task for connection `id` if it hibernates (a no-op otherwise: it is awake, or
-    /// another wake-up came first).
-    pub(crate) fn wake(&self, id: ConnectionId) {
-        let sleeper = self.sleeping().remove(&id);
+    /// Starts a task for the hibernating connection under `key` (a no-op if it is no longer
+    /// there: another wake-up came first).
+    pub(crate) fn wake(&self, key: usize) {
+        let sleeper = self.sleepers.remove(key);
         if let Some(sleeper) = sleeper {
             self.metrics.hibernating.fetch_sub(1, Relaxed);
             sleeper.resume(&self.runtime);
@@ -343,15 +340,10 @@ impl Shared {
 
     /// Wakes every hibernating connection (the shutdown closes each from its task).
     fn wake_all(&self) {
-        let sleepers: Vec<Sleeper> = self.sleeping().drain().map(|(_, s)| s).collect();
-        for sleeper in sleepers {
+        for sleeper in self.sleepers.drain() {
             self.metrics.hibernating.fetch_sub(1, Relaxed);
             sleeper.resume(&self.runtime);
         }
-    }
-
-    fn sleeping(&self) -> MutexGuard<'_, HashMap<ConnectionId, Sleeper>> {
-        self.sleeping.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn forget(&self, id: ConnectionId) {
@@ -772,19 +764,19 @@ async fn sweep_sleepers(shared: Weak<Shared>) {
         };
         let now = Instant::now();
         let (mut pings, mut wakes) = (Vec::new(), Vec::new());
-        for (id, sleeper) in shared.sleeping().iter_mut() {
-            match sleeper.due(now) {
+        shared
+            .sleepers
+            .for_each(|key, sleeper| match sleeper.due(now) {
                 Due::Nothing => {}
                 Due::Ping(peer) => pings.push(peer),
-                Due::Wake => wakes.push(*id),
-            }
-        }
+                Due::Wake => wakes.push(key),
+            });
         // Outside the table's lock: a ping that has to queue wakes its connection.
         for peer in pings {
             peer.ping();
         }
-        for id in wakes {
-            shared.wake(id);
+        for key in wakes {
+            shared.wake(key);
         }
     }
 }

@@ -41,6 +41,7 @@ mod peer;
 mod plain_http;
 pub mod resume;
 mod room;
+mod sleepers;
 pub mod store;
 mod ws;
 

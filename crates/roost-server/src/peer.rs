@@ -5,10 +5,12 @@
 //! A connection in use is one tokio task waiting on its socket's readiness; there is no
 //! thread per connection. Bytes are read into a per-thread buffer, so a waiting connection
 //! holds no receive buffer. A connection idle past `dormant_after` *hibernates*: its buffers
-//! are released, its protocol core shrinks to an [`IdleConnection`] and its task ends; what
-//! is left is the [`Peer`] and a [`Sleeper`] in the server's table. The socket's read readiness, a send that has to wait, a close or the
-//! server's shutdown starts a new task for it ([`Shared::wake`]); the server's sweeper sends
-//! its keepalive pings and wakes it at its idle timeout. Three kinds of code write to a
+//! are released, its protocol core shrinks to an [`IdleConnection`], its socket leaves the
+//! runtime's reactor for the server's poll of sleepers ([`crate::sleepers`]) and its task
+//! ends; what is left is the [`Peer`] and a [`Sleeper`] in the server's table. Input on the
+//! socket, a send that has to wait, a close or the server's shutdown starts a new task for it
+//! ([`Shared::wake`]); the server's sweeper sends its keepalive pings and wakes it at its idle
+//! timeout. Three kinds of code write to a
 //! connection:
 //! - its own task (pongs, close replies, auto-responses, the handler's sends);
 //! - any task holding a [`crate::Ws`] (sends from other connections' handlers);
@@ -23,15 +25,15 @@
 use std::{
     cell::RefCell,
     collections::VecDeque,
-    io,
+    io::{self, Write as _},
+    os::fd::AsRawFd,
     sync::{
-        Arc, Mutex, MutexGuard, Weak,
+        Arc, Mutex, MutexGuard,
         atomic::{
-            AtomicBool, AtomicU8,
+            AtomicBool, AtomicU8, AtomicUsize,
             Ordering::{Relaxed, SeqCst},
         },
     },
-    task::{Context, Wake, Waker},
     time::Instant,
 };
 
@@ -93,6 +95,10 @@ pub(crate) struct Idle {
     pinged: bool,
     /// Auto-response hits already added to the server's metric.
     hits_seen: u64,
+    /// The task was just started again for a hibernating connection: it waits for the socket
+    /// once before it may hibernate again, since the input that woke it is reported by the
+    /// runtime only once the socket is registered there again.
+    just_woke: bool,
 }
 
 impl Idle {
@@ -101,6 +107,7 @@ impl Idle {
             last_input: Instant::now(),
             pinged: false,
             hits_seen: 0,
+            just_woke: false,
         }
     }
 
@@ -136,9 +143,14 @@ impl Sleeper {
         }
     }
 
+    /// Marks the connection as hibernating under `key` in the server's table of sleepers.
+    pub(crate) fn mark_asleep(&self, key: usize) {
+        self.peer.sleeping_as.store(key, SeqCst);
+    }
+
     /// Starts the connection's task again, on `runtime`.
     pub(crate) fn resume(self, runtime: &tokio::runtime::Handle) {
-        self.peer.asleep.store(false, SeqCst);
+        self.peer.sleeping_as.store(AWAKE, SeqCst);
         let handler = self.handler.clone();
         handler.spawn_resume(runtime, self);
     }
@@ -153,20 +165,35 @@ pub(crate) enum Due {
     Wake,
 }
 
-/// The waker a hibernating connection leaves with its socket: read readiness wakes it.
-struct Alarm {
-    shared: Weak<Shared>,
-    id: ConnectionId,
+/// [`Peer::sleeping_as`] of a connection that has a task.
+const AWAKE: usize = usize::MAX;
+
+/// A connection's socket: registered with the runtime while a task runs for it, out of it
+/// while it hibernates. Writes go through whichever form it has, always under the outbound
+/// lock; only the connection's task reads.
+pub(crate) enum Socket {
+    /// The connection's task holds a clone and waits on its readiness.
+    Awake(Arc<TcpStream>),
+    /// Watched by the server's poll of sleepers instead ([`crate::sleepers`]).
+    Asleep(std::net::TcpStream),
+    /// Lost while changing form (the system refused to deregister it).
+    Lost,
 }
 
-impl Wake for Alarm {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+impl Socket {
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Awake(socket) => socket.try_write(bytes),
+            Socket::Asleep(socket) => (&*socket).write(bytes),
+            Socket::Lost => Err(io::ErrorKind::NotConnected.into()),
+        }
     }
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared.wake(self.id);
+    fn try_write_vectored(&self, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Socket::Awake(socket) => socket.try_write_vectored(slices),
+            Socket::Asleep(socket) => (&*socket).write_vectored(slices),
+            Socket::Lost => Err(io::ErrorKind::NotConnected.into()),
         }
     }
 }
@@ -186,6 +213,7 @@ pub enum SendOutcome {
 }
 
 pub(crate) struct Outbound {
+    socket: Socket,
     queue: VecDeque<Bytes>,
     queued: usize,
     /// Our close frame is queued: nothing more may be added.
@@ -261,7 +289,6 @@ pub(crate) struct Peer {
     pub(crate) id: ConnectionId,
     pub(crate) room: Arc<str>,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) socket: TcpStream,
     core: Mutex<Core>,
     pub(crate) out: Mutex<Outbound>,
     pub(crate) wake: Notify,
@@ -271,9 +298,10 @@ pub(crate) struct Peer {
     /// (permessage-deflate with server_no_context_takeover), else `None`.
     pub(crate) compress_class: Option<u8>,
     state: AtomicU8,
-    /// The connection hibernates: no task runs for it, and anything that needs one must
-    /// wake it ([`Peer::notify`]).
-    asleep: AtomicBool,
+    /// The connection's key among the server's sleepers while it hibernates ([`AWAKE`]
+    /// otherwise): no task runs for it, and anything that needs one must wake it
+    /// ([`Peer::notify`]).
+    sleeping_as: AtomicUsize,
     /// The own task is working through a batch: its output waits in the core and leaves in
     /// one piece when the batch ends.
     batching: AtomicBool,
@@ -301,9 +329,9 @@ impl Peer {
             id,
             room,
             shared,
-            socket,
             core: Mutex::new(Core::Awake(Box::new(core))),
             out: Mutex::new(Outbound {
+                socket: Socket::Awake(Arc::new(socket)),
                 queue: VecDeque::new(),
                 queued: 0,
                 closed: false,
@@ -317,7 +345,7 @@ impl Peer {
             resume_token,
             compress_class,
             state: AtomicU8::new(ConnState::Parked as u8),
-            asleep: AtomicBool::new(false),
+            sleeping_as: AtomicUsize::new(AWAKE),
             batching: AtomicBool::new(false),
             deferred: AtomicBool::new(false),
         }
@@ -415,7 +443,7 @@ impl Peer {
             }
         };
         drop(core);
-        if closing && self.asleep.load(SeqCst) {
+        if closing && self.is_asleep() {
             // The close handshake has a deadline; a task must watch it.
             self.notify();
         }
@@ -435,8 +463,9 @@ impl Peer {
     /// Tells the connection's task that there is work: queued bytes, a close, a kick. A
     /// hibernating connection gets a task again.
     fn notify(&self) {
-        if self.asleep.load(SeqCst) {
-            self.shared.wake(self.id);
+        let key = self.sleeping_as.load(SeqCst);
+        if key != AWAKE {
+            self.shared.wake(key);
         } else {
             self.wake.notify_one();
         }
@@ -488,7 +517,7 @@ impl Peer {
         out.closed = closing;
         let mut rest = bytes;
         if out.queue.is_empty() && (!corked || rest.len() > CORK_LIMIT) {
-            match self.socket.try_write(&rest) {
+            match out.socket.try_write(&rest) {
                 Ok(n) if n == rest.len() => {
                     self.shared.metrics.bytes_out.fetch_add(len, Relaxed);
                     return SendOutcome::Sent;
@@ -680,7 +709,7 @@ impl Peer {
                     .take(64)
                     .map(|b| io::IoSlice::new(b))
                     .collect();
-                match self.socket.try_write_vectored(&slices) {
+                match out.socket.try_write_vectored(&slices) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) => return Err(e),
@@ -713,7 +742,7 @@ impl Peer {
     /// without a copy. A core that holds no bytes borrows the thread's read buffer for it
     /// (the batch's end gives it back, [`set_corked`](Self::set_corked)), so a quiet
     /// connection holds none.
-    fn read_ready(&self) -> bool {
+    fn read_ready(&self, socket: &TcpStream) -> bool {
         let mut buf = {
             let mut core = self.core();
             let input = core.input_buffer();
@@ -724,7 +753,7 @@ impl Peer {
             }
         };
         buf.reserve(READ_CHUNK);
-        let result = self.try_read_draining(&mut buf);
+        let result = Self::try_read_draining(socket, &mut buf);
         let now = Instant::now();
         let ((), _) = self.with_core(|core| {
             let input = core.input_buffer();
@@ -745,11 +774,11 @@ impl Peer {
     /// block" (one system call per batch saved). tokio's `poll_read` does the same; `try_read`
     /// alone does not. A byte that arrives during the read raises readiness again, and tokio
     /// keeps that.
-    fn try_read_draining(&self, buf: &mut BytesMut) -> io::Result<usize> {
+    fn try_read_draining(socket: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
         let room = buf.capacity() - buf.len();
         let mut read = None;
-        let result = self.socket.try_io(tokio::io::Interest::READABLE, || {
-            let n = self.socket.try_read_buf(buf)?;
+        let result = socket.try_io(tokio::io::Interest::READABLE, || {
+            let n = socket.try_read_buf(buf)?;
             if n == 0 || n == room {
                 return Ok(n);
             }
@@ -771,6 +800,48 @@ impl Peer {
             out.queue = VecDeque::new();
         }
         drop((out, core));
+    }
+
+    /// Whether the connection hibernates (no task runs for it).
+    fn is_asleep(&self) -> bool {
+        self.sleeping_as.load(SeqCst) != AWAKE
+    }
+
+    /// The socket, registered with the runtime (again, if the connection slept), for the
+    /// connection's task. `Err` if it could not be registered: the connection is lost.
+    fn awake_socket(&self) -> io::Result<Arc<TcpStream>> {
+        let mut out = self.out();
+        let socket = match std::mem::replace(&mut out.socket, Socket::Lost) {
+            Socket::Awake(socket) => socket,
+            Socket::Asleep(socket) => {
+                self.shared.sleepers.unwatch(socket.as_raw_fd());
+                Arc::new(TcpStream::from_std(socket)?)
+            }
+            Socket::Lost => return Err(io::ErrorKind::NotConnected.into()),
+        };
+        out.socket = Socket::Awake(socket.clone());
+        Ok(socket)
+    }
+
+    /// Takes the socket out of the runtime for hibernation, once the task let go of its
+    /// clone; returns its descriptor, for the sleepers' poll. `None` if it is lost.
+    fn sleeping_socket(&self) -> Option<std::os::fd::RawFd> {
+        let mut out = self.out();
+        let socket = match std::mem::replace(&mut out.socket, Socket::Lost) {
+            Socket::Awake(socket) => match Arc::try_unwrap(socket) {
+                Ok(socket) => socket.into_std().ok()?,
+                Err(socket) => {
+                    // Still in use: stays registered (the caller wakes the connection).
+                    out.socket = Socket::Awake(socket);
+                    return None;
+                }
+            },
+            Socket::Asleep(socket) => socket,
+            Socket::Lost => return None,
+        };
+        let fd = socket.as_raw_fd();
+        out.socket = Socket::Asleep(socket);
+        Some(fd)
     }
 
     fn go_dormant(&self) {
@@ -819,14 +890,15 @@ async fn open_and_drive<H: Handler>(
     peer.set_state(ConnState::Live);
     let opened = call_handler(&peer, handler.on_open(&ws, &url)).await;
     peer.set_state(ConnState::Parked);
-    if opened {
-        drive_then_rest(peer, handler, ws, room, guards, Idle::new()).await;
-    } else {
-        finish(&peer, &*handler, &ws).await;
+    match peer.awake_socket() {
+        Ok(socket) if opened => {
+            drive_then_rest(peer, handler, ws, room, guards, Idle::new(), socket).await;
+        }
+        socket => finish(&peer, &*handler, &ws, socket.ok().as_deref()).await,
     }
 }
 
-/// A hibernating connection's new task: reads what woke it, then carries on as before.
+/// A hibernating connection's new task: carries on as before, from a wait on the socket.
 /// `handler` is the sleeper's own, with its type known.
 pub(crate) async fn resume<H: Handler>(handler: Arc<H>, sleeper: Sleeper) {
     let Sleeper {
@@ -840,10 +912,17 @@ pub(crate) async fn resume<H: Handler>(handler: Arc<H>, sleeper: Sleeper) {
         .scope(id, async move {
             let ws = Ws::from_peer(peer.clone());
             let room = Room::of_peer(&peer);
-            if peer.read_ready() {
-                idle.input();
+            match peer.awake_socket() {
+                Ok(socket) => {
+                    idle.just_woke = true;
+                    drive_then_rest(peer, handler, ws, room, guards, idle, socket).await;
+                }
+                Err(error) => {
+                    tracing::debug!(id = %peer.id, %error, "socket lost while hibernating");
+                    peer.core().receive_eof();
+                    finish(&peer, &*handler, &ws, None).await;
+                }
             }
-            drive_then_rest(peer, handler, ws, room, guards, idle).await;
         })
         .await;
 }
@@ -856,9 +935,10 @@ async fn drive_then_rest<H: Handler>(
     room: Room,
     guards: Guards,
     mut idle: Idle,
+    socket: Arc<TcpStream>,
 ) {
-    if drive(&peer, &*handler, &ws, &room, &mut idle).await == Next::Hibernate {
-        drop((ws, room));
+    if drive(&peer, &socket, &*handler, &ws, &room, &mut idle).await == Next::Hibernate {
+        drop((ws, room, socket));
         hibernate(Sleeper {
             peer,
             handler: handler as Arc<dyn DynHandler>,
@@ -867,32 +947,24 @@ async fn drive_then_rest<H: Handler>(
         });
         return;
     }
-    finish(&peer, &*handler, &ws).await;
+    finish(&peer, &*handler, &ws, Some(&socket)).await;
     drop(guards);
 }
 
-/// Ends the connection's task and leaves it to its socket: read readiness (or anything
-/// [`Peer::notify`] hears) starts a new one.
+/// Ends the connection's task and leaves it to its socket, out of the runtime and watched by
+/// the server's poll of sleepers: input (or anything [`Peer::notify`] hears) starts a new one.
 fn hibernate(sleeper: Sleeper) {
     let peer = sleeper.peer.clone();
     let shared = peer.shared.clone();
     peer.release_buffers();
     peer.idle_core();
-    // Marked first: a wake-up that finds the sleeper must leave the flag cleared, and a
-    // notice sent before the sleeper is in the table is caught by the check below.
-    peer.asleep.store(true, SeqCst);
-    shared.sleep(peer.id, sleeper);
-    let alarm = Waker::from(Arc::new(Alarm {
-        shared: Arc::downgrade(&shared),
-        id: peer.id,
-    }));
-    let readable = peer
-        .socket
-        .poll_read_ready(&mut Context::from_waker(&alarm))
-        .is_ready();
-    // Whatever arrived while it was going to sleep wakes it again at once.
-    if readable || peer.needs_task() || *shared.shutdown.borrow() {
-        shared.wake(peer.id);
+    let fd = peer.sleeping_socket();
+    shared.metrics.hibernating.fetch_add(1, Relaxed);
+    // Input that arrived before the socket was watched is reported by the poll at once; a
+    // notice sent before the connection was marked asleep is caught by `needs_task`.
+    let (key, watched) = shared.sleepers.insert(sleeper, fd);
+    if watched.is_err() || peer.needs_task() || *shared.shutdown.borrow() {
+        shared.wake(key);
     }
 }
 
@@ -931,6 +1003,7 @@ async fn call_handler(
 
 async fn drive<H: Handler>(
     peer: &Peer,
+    socket: &TcpStream,
     handler: &H,
     ws: &Ws,
     room: &Room,
@@ -1022,11 +1095,13 @@ async fn drive<H: Handler>(
         if let Some(close_deadline) = close_deadline {
             deadline = deadline.min(close_deadline);
         }
+        let just_woke = std::mem::take(&mut idle.just_woke);
         // Dormant with nothing due: the task ends, and the sweeper keeps the timers.
         if peer.state() == ConnState::Dormant
             && deadline > now
             && !*shutdown.borrow()
             && !peer.needs_task()
+            && !just_woke
         {
             return Next::Hibernate;
         }
@@ -1037,15 +1112,15 @@ async fn drive<H: Handler>(
                 peer.close(CloseCode::GOING_AWAY, "server shutting down");
             }
             _ = peer.wake.notified() => {}
-            ready = peer.socket.writable(), if queued => {
+            ready = socket.writable(), if queued => {
                 if ready.is_err() {
                     peer.core().receive_eof();
                 }
             }
-            ready = peer.socket.readable() => {
+            ready = socket.readable() => {
                 // A dormant connection stays dormant for control frames (a pong to its
                 // keepalive ping): only a message wakes it up for good.
-                if ready.is_err() || peer.read_ready() {
+                if ready.is_err() || peer.read_ready(socket) {
                     idle.input();
                 }
             }
@@ -1068,17 +1143,19 @@ async fn drive<H: Handler>(
     }
 }
 
-async fn finish<H: Handler>(peer: &Arc<Peer>, handler: &H, ws: &Ws) {
+async fn finish<H: Handler>(peer: &Arc<Peer>, handler: &H, ws: &Ws, socket: Option<&TcpStream>) {
     // What is still queued (our close frame among it) gets a bounded chance to leave.
     let limit = peer.shared.config.protocol.limits().close_timeout;
-    let _ = tokio::time::timeout(limit, async {
-        while peer.has_queued() {
-            if peer.socket.writable().await.is_err() || peer.flush_ready().is_err() {
-                break;
+    if let Some(socket) = socket {
+        let _ = tokio::time::timeout(limit, async {
+            while peer.has_queued() {
+                if socket.writable().await.is_err() || peer.flush_ready().is_err() {
+                    break;
+                }
             }
-        }
-    })
-    .await;
+        })
+        .await;
+    }
     let shared = &peer.shared;
     let room_gone = shared.rooms.leave(peer);
     if let Some(cluster) = &shared.cluster {

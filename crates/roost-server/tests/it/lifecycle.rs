@@ -55,6 +55,37 @@ async fn idle_connections_hibernate_and_wake_on_the_next_frame() {
     assert!(next_text(&mut ws).await.starts_with("resume "));
 }
 
+/// Sends each message to the rest of the room.
+struct Shout;
+
+impl Handler for Shout {
+    async fn on_message(&self, ws: &Ws, data: Data, room: &Room) -> Result<(), Disconnect> {
+        room.broadcast_except(ws, data);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn broadcasts_reach_a_hibernating_member_without_waking_it() {
+    let config = ServerConfig {
+        dormant_after: Duration::from_millis(50),
+        ..ServerConfig::default()
+    };
+    let (addr, handle) = start(App::new().ws("/r", Shout).unwrap(), config).await;
+    let mut sleeper = connect(addr, "/r").await;
+    let mut talker = connect(addr, "/r").await;
+    let metrics = handle.metrics();
+    eventually("both hibernating", || metrics.hibernating() == 2).await;
+    within(talker.send(Message::text("psst"))).await.unwrap();
+    // Written from the sleeping socket, out of the runtime, by the talker's task.
+    assert_eq!(next_text(&mut sleeper).await, "psst");
+    assert_eq!(metrics.connections(ConnState::Dormant), 1);
+    // The sleeper's reply wakes it from the sleepers' poll, and reaches the talker.
+    within(sleeper.send(Message::text("hi"))).await.unwrap();
+    assert_eq!(next_text(&mut talker).await, "hi");
+    eventually("both hibernating again", || metrics.hibernating() == 2).await;
+}
+
 #[tokio::test]
 async fn shutdown_and_closes_from_elsewhere_reach_hibernating_connections() {
     let config = ServerConfig {

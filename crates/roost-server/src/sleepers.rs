@@ -1,0 +1,128 @@
+//! Hibernating connections: the table that keeps them, and the poll that wakes them.
+//!
+//! A hibernating connection has no task and is not registered with the runtime's reactor
+//! (whose per-socket state is a few hundred bytes). Its socket is registered instead with a
+//! poll of the server's own, by its key in the table; one thread blocks on that poll and hands
+//! each connection whose socket has input back to the runtime ([`Shared::wake`]).
+
+use std::{
+    io,
+    os::fd::RawFd,
+    sync::{Mutex, MutexGuard, Weak},
+};
+
+use mio::{Events, Interest, Poll, Token, unix::SourceFd};
+use slab::Slab;
+
+use crate::{app::Shared, peer::Sleeper};
+
+/// Readiness events taken from the poll per system call.
+const EVENTS: usize = 256;
+
+/// The token of the poll's own waker, which stops the thread. No table key reaches it: the
+/// table would need more entries than memory holds.
+const STOP: Token = Token(usize::MAX);
+
+/// The hibernating connections, each under a key that is also its socket's poll token.
+pub(crate) struct Sleepers {
+    table: Mutex<Slab<Sleeper>>,
+    registry: mio::Registry,
+    /// Stops the waker thread when the server is gone.
+    stop: mio::Waker,
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        let _ = self.stop.wake();
+    }
+}
+
+impl Sleepers {
+    /// An empty table, and the poll its sockets are registered with (for
+    /// [`spawn_waker_thread`]).
+    pub(crate) fn new() -> io::Result<(Self, Poll)> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let stop = mio::Waker::new(&registry, STOP)?;
+        let sleepers = Sleepers {
+            table: Mutex::new(Slab::new()),
+            registry,
+            stop,
+        };
+        Ok((sleepers, poll))
+    }
+
+    fn table(&self) -> MutexGuard<'_, Slab<Sleeper>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `sleeper`, its socket `fd` watched for input, and returns its key. `Err` if the
+    /// socket cannot be watched (or there is none): the sleeper is kept all the same, and the
+    /// caller wakes it.
+    pub(crate) fn insert(&self, sleeper: Sleeper, fd: Option<RawFd>) -> (usize, io::Result<()>) {
+        // All under the table's lock: a wake-up for this key, which takes the lock, always
+        // finds the connection marked with its key and its socket registered.
+        let mut table = self.table();
+        let entry = table.vacant_entry();
+        let key = entry.key();
+        sleeper.mark_asleep(key);
+        let watched = match fd {
+            Some(fd) => self
+                .registry
+                .register(&mut SourceFd(&fd), Token(key), Interest::READABLE),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        };
+        entry.insert(sleeper);
+        (key, watched)
+    }
+
+    /// Takes the sleeper under `key`, if it is still there.
+    pub(crate) fn remove(&self, key: usize) -> Option<Sleeper> {
+        self.table().try_remove(key)
+    }
+
+    /// Takes every sleeper.
+    pub(crate) fn drain(&self) -> Vec<Sleeper> {
+        self.table().drain().collect()
+    }
+
+    /// Stops watching a woken connection's socket, before the runtime's reactor takes it.
+    pub(crate) fn unwatch(&self, fd: RawFd) {
+        // It fails only for a socket not registered, which is what the caller wants.
+        let _ = self.registry.deregister(&mut SourceFd(&fd));
+    }
+
+    /// Runs `f` on each sleeper, with its key, under the table's lock.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(usize, &mut Sleeper)) {
+        for (key, sleeper) in self.table().iter_mut() {
+            f(key, sleeper);
+        }
+    }
+}
+
+/// Starts the thread that wakes each hibernating connection whose socket has input. It ends
+/// once the server is gone ([`Sleepers`]' drop wakes it for that).
+pub(crate) fn spawn_waker_thread(shared: Weak<Shared>, mut poll: Poll) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("roost-sleepers".into())
+        .spawn(move || {
+            let mut events = Events::with_capacity(EVENTS);
+            loop {
+                if let Err(error) = poll.poll(&mut events, None)
+                    && error.kind() != io::ErrorKind::Interrupted
+                {
+                    tracing::error!(%error, "polling hibernating connections failed; they wake only for their timers and sends now");
+                    return;
+                }
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                for event in events.iter() {
+                    if event.token() != STOP {
+                        shared.wake(event.token().0);
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
