@@ -278,7 +278,7 @@ pub(crate) struct Shared {
     /// Where woken connections' tasks run.
     runtime: tokio::runtime::Handle,
     store: Arc<dyn AttachmentStore>,
-    resume_key: ResumeKey,
+    pub(crate) resume_key: ResumeKey,
     used_tokens: UsedTokens,
     /// WebSocket connections open now, for `max_connections`.
     open: AtomicUsize,
@@ -724,7 +724,6 @@ async fn accept_ws(
         return;
     }
     let expires = SystemTime::now() + shared.config.resume_ttl;
-    let token = shared.resume_key.issue(id, expires);
     let mut core = Connection::server(shared.config.protocol.clone(), accepted.negotiated);
     if let Some((request, response)) = &shared.config.auto_response {
         core.set_auto_response(Some(roost::proto::AutoResponse {
@@ -732,7 +731,14 @@ async fn accept_ws(
             response: response.as_str().into(),
         }));
     }
-    let peer = Arc::new(Peer::new(id, room.into(), shared.clone(), tcp, core, token));
+    let peer = Arc::new(Peer::new(
+        id,
+        room.into(),
+        shared.clone(),
+        tcp,
+        core,
+        expires,
+    ));
     *peer.attachment.lock().unwrap_or_else(|e| e.into_inner()) = attachment;
     shared
         .peers

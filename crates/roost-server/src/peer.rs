@@ -293,7 +293,8 @@ pub(crate) struct Peer {
     pub(crate) out: Mutex<Outbound>,
     pub(crate) wake: Notify,
     pub(crate) attachment: Mutex<Option<Bytes>>,
-    pub(crate) resume_token: String,
+    /// When the connection's resume token expires ([`Ws::resume_token`] signs it on demand).
+    pub(crate) resume_expires: std::time::SystemTime,
     /// Window bits when a broadcast may share one compressed frame with this connection
     /// (permessage-deflate with server_no_context_takeover), else `None`.
     pub(crate) compress_class: Option<u8>,
@@ -317,7 +318,7 @@ impl Peer {
         shared: Arc<Shared>,
         socket: TcpStream,
         core: Connection,
-        resume_token: String,
+        resume_expires: std::time::SystemTime,
     ) -> Self {
         let compress_class = core
             .negotiated()
@@ -342,7 +343,7 @@ impl Peer {
             }),
             wake: Notify::new(),
             attachment: Mutex::new(None),
-            resume_token,
+            resume_expires,
             compress_class,
             state: AtomicU8::new(ConnState::Parked as u8),
             sleeping_as: AtomicUsize::new(AWAKE),

@@ -135,9 +135,13 @@ impl Ws {
     }
 
     /// The token a client passes as `?resume=TOKEN` to get this connection's attachment back
-    /// on a new connection, once.
-    pub fn resume_token(&self) -> &str {
-        &self.peer.resume_token
+    /// on a new connection, once. Signed when asked for (the connection keeps only its expiry),
+    /// so every call returns the same token.
+    pub fn resume_token(&self) -> String {
+        self.peer
+            .shared
+            .resume_key
+            .issue(self.peer.id, self.peer.resume_expires)
     }
 
     /// Sets the text request answered inside the codec, without waking the handler or

@@ -41,7 +41,8 @@ async fn idle_connections_hibernate_and_wake_on_the_next_frame() {
     .await;
     assert_eq!(metrics.connections(ConnState::Parked), 0);
     within(ws.send(Message::text("sleeper"))).await.unwrap();
-    assert!(next_text(&mut ws).await.starts_with("resume "));
+    let token = next_text(&mut ws).await;
+    assert!(token.starts_with("resume "));
     eventually("one woke up", || {
         metrics.connections(ConnState::Dormant) == 1
     })
@@ -50,9 +51,10 @@ async fn idle_connections_hibernate_and_wake_on_the_next_frame() {
         metrics.connections(ConnState::Dormant) == 2 && metrics.hibernating() == 2
     })
     .await;
-    // Hibernating again, it wakes again on the next frame.
+    // Hibernating again, it wakes again on the next frame; its resume token, signed on
+    // demand, is the same.
     within(ws.send(Message::text("again"))).await.unwrap();
-    assert!(next_text(&mut ws).await.starts_with("resume "));
+    assert_eq!(next_text(&mut ws).await, token);
 }
 
 /// Sends each message to the rest of the room.
