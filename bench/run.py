@@ -414,8 +414,9 @@ TARGETS = [
 IDLE_TARGET_BYTES = 512
 IDLE_HELD_BACK = ("a hibernating connection has no task, no buffer, a compact protocol core and "
                   "no registration with tokio's reactor (its socket is watched by a poll of the "
-                  "server's own); heaptrack counts about 590 B of heap per idle connection at "
-                  "5,000: its peer state (about 290 B: queue, locks, room, attachment slot), the "
+                  "server's own); heaptrack counted about 590 B of heap per idle connection at "
+                  "5,000 (before the resume token was signed on demand, which drops its string "
+                  "of about 80 B): its peer state (about 290 B: queue, locks, room, attachment slot), the "
                   "slab of sleepers and the table of peers (about 185 B with their spare "
                   "capacity), its room membership and its guards. The rest of the RSS is "
                   "allocator pages left from the burst of busy connections that opened: mimalloc "

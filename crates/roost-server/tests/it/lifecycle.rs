@@ -25,13 +25,22 @@ impl Handler for Named {
     }
 }
 
-#[tokio::test]
-async fn idle_connections_hibernate_and_wake_on_the_next_frame() {
+/// Starts `handler` on `path`, its connections dormant (and hibernating) after `after`.
+async fn start_dozing(
+    path: &str,
+    handler: impl Handler,
+    after: Duration,
+) -> (std::net::SocketAddr, roost_server::ServerHandle) {
     let config = ServerConfig {
-        dormant_after: Duration::from_millis(100),
+        dormant_after: after,
         ..ServerConfig::default()
     };
-    let (addr, handle) = start(App::new().ws("/n", Named).unwrap(), config).await;
+    start(App::new().ws(path, handler).unwrap(), config).await
+}
+
+#[tokio::test]
+async fn idle_connections_hibernate_and_wake_on_the_next_frame() {
+    let (addr, handle) = start_dozing("/n", Named, Duration::from_millis(100)).await;
     let mut ws = connect(addr, "/n").await;
     let _other = connect(addr, "/n").await;
     let metrics = handle.metrics();
@@ -69,11 +78,7 @@ impl Handler for Shout {
 
 #[tokio::test]
 async fn broadcasts_reach_a_hibernating_member_without_waking_it() {
-    let config = ServerConfig {
-        dormant_after: Duration::from_millis(50),
-        ..ServerConfig::default()
-    };
-    let (addr, handle) = start(App::new().ws("/r", Shout).unwrap(), config).await;
+    let (addr, handle) = start_dozing("/r", Shout, Duration::from_millis(50)).await;
     let mut sleeper = connect(addr, "/r").await;
     let mut talker = connect(addr, "/r").await;
     let metrics = handle.metrics();
@@ -90,11 +95,7 @@ async fn broadcasts_reach_a_hibernating_member_without_waking_it() {
 
 #[tokio::test]
 async fn shutdown_and_closes_from_elsewhere_reach_hibernating_connections() {
-    let config = ServerConfig {
-        dormant_after: Duration::from_millis(30),
-        ..ServerConfig::default()
-    };
-    let (addr, handle) = start(App::new().ws("/n", Named).unwrap(), config).await;
+    let (addr, handle) = start_dozing("/n", Named, Duration::from_millis(30)).await;
     let mut first = connect(addr, "/n").await;
     let mut second = connect(addr, "/n").await;
     let metrics = handle.metrics();
