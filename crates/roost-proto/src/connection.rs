@@ -200,41 +200,16 @@ pub struct Connection {
     auto_response_hits: u64,
 }
 
-/// An open connection with nothing in flight, reduced to what it needs to go on: its role,
-/// what the handshake negotiated, its masking keys (client), its auto-response. A server that
-/// holds many idle connections keeps this (tens of bytes) instead of a [`Connection`] (about a
-/// kilobyte, plus its buffers). Made by [`Connection::into_idle`]; [`IdleConnection::resume`]
-/// gives the connection back.
-pub struct IdleConnection {
+/// The masking key for the next frame this endpoint sends: a client masks unless the
+/// handshake agreed otherwise, a server never does.
+fn outgoing_mask(
     role: Role,
-    negotiated: Negotiated,
-    masks: Option<Box<dyn MaskSource>>,
-    auto_response: Option<Box<AutoResponse>>,
-    auto_response_hits: u64,
-}
-
-impl fmt::Debug for IdleConnection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdleConnection")
-            .field("role", &self.role)
-            .field("negotiated", &self.negotiated)
-            .finish_non_exhaustive()
-    }
-}
-
-impl IdleConnection {
-    /// The connection again, as it was: `config` must be the configuration it was made with
-    /// (it is not kept here, to keep this small).
-    pub fn resume(self, config: Config) -> Connection {
-        let mut connection = Connection::new(self.role, config, self.negotiated, self.masks);
-        connection.auto_response = self.auto_response.map(|boxed| *boxed);
-        connection.auto_response_hits = self.auto_response_hits;
-        connection
-    }
-
-    /// How many messages the auto-response answered.
-    pub fn auto_response_hits(&self) -> u64 {
-        self.auto_response_hits
+    negotiated: &Negotiated,
+    masks: Option<&mut Box<dyn MaskSource>>,
+) -> Option<[u8; 4]> {
+    match (role, negotiated.no_masking, masks) {
+        (Role::Client, false, Some(masks)) => Some(masks.next_mask()),
+        _ => None,
     }
 }
 
@@ -954,7 +929,10 @@ fn truncate_reason(text: &str) -> String {
     text[..end].to_owned()
 }
 
+mod idle;
 mod write;
+
+pub use idle::{IdleConnection, IdleInput};
 
 #[cfg(test)]
 mod tests;

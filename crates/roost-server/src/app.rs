@@ -334,7 +334,16 @@ impl Shared {
         let sleeper = self.sleepers.remove(key);
         if let Some(sleeper) = sleeper {
             self.metrics.hibernating.fetch_sub(1, Relaxed);
-            sleeper.resume(&self.runtime);
+            sleeper.resume(&self.runtime, Bytes::new());
+        }
+    }
+
+    /// Input arrived for the hibernating connection under `key`: answered without a task
+    /// when its idle core can, else the connection wakes with it.
+    pub(crate) fn hear(&self, key: usize, scratch: &mut [u8]) {
+        if let Some((sleeper, input)) = self.sleepers.hear(key, scratch) {
+            self.metrics.hibernating.fetch_sub(1, Relaxed);
+            sleeper.resume(&self.runtime, input);
         }
     }
 
@@ -342,7 +351,7 @@ impl Shared {
     fn wake_all(&self) {
         for sleeper in self.sleepers.drain() {
             self.metrics.hibernating.fetch_sub(1, Relaxed);
-            sleeper.resume(&self.runtime);
+            sleeper.resume(&self.runtime, Bytes::new());
         }
     }
 

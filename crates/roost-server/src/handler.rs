@@ -192,8 +192,14 @@ pub(crate) trait DynHandler: Send + Sync + 'static {
     /// Starts the task of a connection that just opened.
     fn spawn_open(self: Arc<Self>, peer: Arc<Peer>, url: Uri, leftover: Bytes, guards: Guards);
 
-    /// Starts the task of a hibernating connection again, on `runtime`.
-    fn spawn_resume(self: Arc<Self>, runtime: &tokio::runtime::Handle, sleeper: Sleeper);
+    /// Starts the task of a hibernating connection again, on `runtime`; `input` is what was
+    /// read from its socket but not answered while it slept.
+    fn spawn_resume(
+        self: Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        sleeper: Sleeper,
+        input: Bytes,
+    );
 }
 
 impl<H: Handler> DynHandler for H {
@@ -201,8 +207,13 @@ impl<H: Handler> DynHandler for H {
         tokio::spawn(crate::peer::run(peer, self, url, leftover, guards));
     }
 
-    fn spawn_resume(self: Arc<Self>, runtime: &tokio::runtime::Handle, sleeper: Sleeper) {
-        runtime.spawn(crate::peer::resume(self, sleeper));
+    fn spawn_resume(
+        self: Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        sleeper: Sleeper,
+        input: Bytes,
+    ) {
+        runtime.spawn(crate::peer::resume(self, sleeper, input));
     }
 }
 

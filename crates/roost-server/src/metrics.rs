@@ -36,6 +36,7 @@ impl ConnState {
 pub struct Metrics {
     states: [AtomicI64; 3],
     pub(crate) hibernating: AtomicI64,
+    pub(crate) wakeups: AtomicU64,
     pub(crate) connections_total: AtomicU64,
     pub(crate) messages_in: AtomicU64,
     pub(crate) messages_out: AtomicU64,
@@ -61,6 +62,12 @@ impl Metrics {
     /// server's sweeper starts one when needed.
     pub fn hibernating(&self) -> i64 {
         self.hibernating.load(Relaxed)
+    }
+
+    /// Times a hibernating connection got a task again: for a message, a close, a send that
+    /// had to queue, a timer. Pings, pongs and auto-responses are answered without one.
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups.load(Relaxed)
     }
 
     /// Connections now in `state`.
@@ -137,7 +144,7 @@ impl Metrics {
             "Dormant connections with no task running for them.",
         );
         let _ = writeln!(out, "roost_connections_hibernating {}", self.hibernating());
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 17] = [
             (
                 "roost_connections_total",
                 "WebSocket connections accepted.",
@@ -178,6 +185,11 @@ impl Metrics {
                 "roost_dropped_total",
                 "Messages dropped by the backpressure policy.",
                 &self.dropped,
+            ),
+            (
+                "roost_wakeups_total",
+                "Times a hibernating connection got a task again.",
+                &self.wakeups,
             ),
             (
                 "roost_auto_response_hits_total",

@@ -25,7 +25,7 @@
 use std::{
     cell::RefCell,
     collections::VecDeque,
-    io::{self, Write as _},
+    io::{self, Read as _, Write as _},
     os::fd::AsRawFd,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -148,11 +148,94 @@ impl Sleeper {
         self.peer.sleeping_as.store(key, SeqCst);
     }
 
-    /// Starts the connection's task again, on `runtime`.
-    pub(crate) fn resume(self, runtime: &tokio::runtime::Handle) {
+    /// Starts the connection's task again, on `runtime`; it takes `input` (read from the
+    /// socket while the connection slept, [`hear`](Self::hear)) first.
+    pub(crate) fn resume(self, runtime: &tokio::runtime::Handle, input: Bytes) {
         self.peer.sleeping_as.store(AWAKE, SeqCst);
+        self.peer.shared.metrics.wakeups.fetch_add(1, Relaxed);
         let handler = self.handler.clone();
-        handler.spawn_resume(runtime, self);
+        handler.spawn_resume(runtime, self, input);
+    }
+
+    /// Reads what arrived on the socket and answers it from the idle core when that is all
+    /// it needs: pings, the pong to the keepalive ping, the auto-response request. Called by
+    /// the sleepers' poll, under the table's lock, so no task runs for the connection
+    /// meanwhile. `None`: everything was answered and the connection sleeps on. Otherwise it
+    /// must wake, and its task takes the bytes returned first.
+    pub(crate) fn hear(&mut self, scratch: &mut [u8]) -> Option<Bytes> {
+        let peer = &*self.peer;
+        // `try_lock`: a thread holding one of these may be waking this connection, for which
+        // it waits on the table's lock, which this thread holds. The task sees to it then.
+        let Ok(mut core) = peer.core.try_lock() else {
+            return Some(Bytes::new());
+        };
+        let Core::Idle(core) = &mut *core else {
+            return Some(Bytes::new());
+        };
+        let Ok(mut out) = peer.out.try_lock() else {
+            return Some(Bytes::new());
+        };
+        if !out.queue.is_empty() || out.closed || out.kick.is_some() {
+            return Some(Bytes::new());
+        }
+        let Socket::Asleep(socket) = &out.socket else {
+            return Some(Bytes::new());
+        };
+        let mut replies = BytesMut::new();
+        let mut filled = 0;
+        // Read until the socket is empty (its readiness is edge-triggered) or until a frame
+        // needs the whole connection.
+        let mut wake = loop {
+            let Some(space) = scratch.get_mut(filled..).filter(|space| !space.is_empty()) else {
+                // A frame longer than the scratch space: not one the idle core answers.
+                break true;
+            };
+            match (&*socket).read(space) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    self.idle.input();
+                    filled += n;
+                    let answered = core.answer(&scratch[..filled], &mut replies);
+                    scratch.copy_within(answered.consumed..filled, 0);
+                    filled -= answered.consumed;
+                    if answered.wake {
+                        break true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A partial frame waits in the woken task, which reads the rest.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break filled > 0,
+                Err(_) => break true,
+            }
+        };
+        let metrics = &peer.shared.metrics;
+        let hits = core.auto_response_hits();
+        if hits > self.idle.hits_seen {
+            metrics
+                .auto_response_hits
+                .fetch_add(hits - self.idle.hits_seen, Relaxed);
+            self.idle.hits_seen = hits;
+        }
+        if !replies.is_empty() {
+            metrics.bytes_out.fetch_add(replies.len() as u64, Relaxed);
+            let written = match out.socket.try_write(&replies) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(_) => {
+                    out.closed = true;
+                    replies.len()
+                }
+            };
+            if written < replies.len() {
+                // The task writes the rest once the socket drains.
+                let rest = replies.freeze().slice(written..);
+                out.front_started = written > 0;
+                out.queued += rest.len();
+                out.queue.push_back(rest);
+            }
+            wake |= !out.queue.is_empty() || out.closed;
+        }
+        wake.then(|| Bytes::copy_from_slice(&scratch[..filled]))
     }
 }
 
@@ -640,7 +723,23 @@ impl Peer {
     /// Sends a keepalive ping. One the socket cannot take now is queued, and the queue wakes
     /// a hibernating connection.
     pub(crate) fn ping(&self) {
-        let _ = self.with_core(|core| core.send_ping(b""));
+        // An idle core pings without being made whole (it stays a few bytes); the frame is
+        // pushed after its lock is let go, as pushing may wake the connection.
+        let idle_ping = match &mut *self.core.lock().unwrap_or_else(|e| e.into_inner()) {
+            Core::Idle(idle) => {
+                let mut frame = BytesMut::new();
+                idle.ping(b"", &mut frame).ok().map(|()| frame.freeze())
+            }
+            Core::Awake(_) | Core::Changing => None,
+        };
+        match idle_ping {
+            Some(frame) => {
+                let _ = self.push(frame, false);
+            }
+            None => {
+                let _ = self.with_core(|core| core.send_ping(b""));
+            }
+        }
     }
 
     /// Starts the close handshake (a no-op if ours was already sent).
@@ -901,7 +1000,7 @@ async fn open_and_drive<H: Handler>(
 
 /// A hibernating connection's new task: carries on as before, from a wait on the socket.
 /// `handler` is the sleeper's own, with its type known.
-pub(crate) async fn resume<H: Handler>(handler: Arc<H>, sleeper: Sleeper) {
+pub(crate) async fn resume<H: Handler>(handler: Arc<H>, sleeper: Sleeper, input: Bytes) {
     let Sleeper {
         peer,
         handler: _,
@@ -913,6 +1012,10 @@ pub(crate) async fn resume<H: Handler>(handler: Arc<H>, sleeper: Sleeper) {
         .scope(id, async move {
             let ws = Ws::from_peer(peer.clone());
             let room = Room::of_peer(&peer);
+            if !input.is_empty() {
+                let now = Instant::now();
+                let _ = peer.with_core(|core| core.receive(&input, now));
+            }
             match peer.awake_socket() {
                 Ok(socket) => {
                     idle.just_woke = true;

@@ -2,8 +2,9 @@
 //!
 //! A hibernating connection has no task and is not registered with the runtime's reactor
 //! (whose per-socket state is a few hundred bytes). Its socket is registered instead with a
-//! poll of the server's own, by its key in the table; one thread blocks on that poll and hands
-//! each connection whose socket has input back to the runtime ([`Shared::wake`]).
+//! poll of the server's own, by its key in the table; one thread blocks on that poll. It
+//! answers what the connection's idle core can (pings, pongs, the auto-response request)
+//! itself and hands any other input back to the runtime ([`Shared::hear`]).
 
 use std::{
     io,
@@ -11,6 +12,7 @@ use std::{
     sync::{Mutex, MutexGuard, Weak},
 };
 
+use bytes::Bytes;
 use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 use slab::Slab;
 
@@ -18,6 +20,10 @@ use crate::{app::Shared, peer::Sleeper};
 
 /// Readiness events taken from the poll per system call.
 const EVENTS: usize = 256;
+
+/// Bytes read at once from a hibernating connection: enough for any control frame and a
+/// heartbeat request, which it answers without waking.
+const SCRATCH: usize = 4096;
 
 /// The token of the poll's own waker, which stops the thread. No table key reaches it: the
 /// table would need more entries than memory holds.
@@ -81,6 +87,15 @@ impl Sleepers {
         self.table().try_remove(key)
     }
 
+    /// Lets the sleeper under `key` hear its socket's input ([`Sleeper::hear`]), under the
+    /// table's lock; takes it out when it must wake, with the input its task takes first.
+    /// `None` if it sleeps on, or is no longer there.
+    pub(crate) fn hear(&self, key: usize, scratch: &mut [u8]) -> Option<(Sleeper, Bytes)> {
+        let mut table = self.table();
+        let input = table.get_mut(key)?.hear(scratch)?;
+        Some((table.remove(key), input))
+    }
+
     /// Takes every sleeper.
     pub(crate) fn drain(&self) -> Vec<Sleeper> {
         self.table().drain().collect()
@@ -107,6 +122,7 @@ pub(crate) fn spawn_waker_thread(shared: Weak<Shared>, mut poll: Poll) -> io::Re
         .name("roost-sleepers".into())
         .spawn(move || {
             let mut events = Events::with_capacity(EVENTS);
+            let mut scratch = vec![0; SCRATCH];
             loop {
                 if let Err(error) = poll.poll(&mut events, None)
                     && error.kind() != io::ErrorKind::Interrupted
@@ -119,7 +135,7 @@ pub(crate) fn spawn_waker_thread(shared: Weak<Shared>, mut poll: Poll) -> io::Re
                 };
                 for event in events.iter() {
                     if event.token() != STOP {
-                        shared.wake(event.token().0);
+                        shared.hear(event.token().0, &mut scratch);
                     }
                 }
             }

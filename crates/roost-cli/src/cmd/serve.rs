@@ -55,6 +55,10 @@ pub(crate) struct Args {
     /// 0 keeps quiet connections forever.
     #[arg(long, default_value_t = 75.0)]
     idle_timeout: f64,
+    /// Seconds a connection stays quiet before it turns dormant and hibernates (chat,
+    /// bench): its task, buffers and compression state are released until it has input.
+    #[arg(long, default_value_t = 10.0)]
+    dormant_after: f64,
 }
 
 impl Args {
@@ -261,6 +265,7 @@ async fn run_server_app(args: Args) -> anyhow::Result<()> {
                 ..roost_server::ClusterConfig::new(url)
             }),
         idle_timeout: args.idle().unwrap_or(FOREVER),
+        dormant_after: Duration::from_secs_f64(args.dormant_after.max(0.0)),
         // A quiet client is pinged before it is dropped.
         ping_interval: args.idle().map_or(defaults.ping_interval, |idle| {
             defaults.ping_interval.min(idle / 2)

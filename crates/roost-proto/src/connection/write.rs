@@ -5,7 +5,7 @@ use std::{collections::vec_deque, time::Instant};
 
 use bytes::{Buf as _, Bytes};
 
-use super::{CloseInitiator, Connection, Role, SHARED_PAYLOAD_MIN, WriteState};
+use super::{CloseInitiator, Connection, Role, SHARED_PAYLOAD_MIN, WriteState, outgoing_mask};
 use crate::{
     close::{CloseFrame, ClosePayloadError, MAX_CLOSE_REASON, parse_close_payload},
     error::UsageError,
@@ -212,10 +212,7 @@ impl Connection {
     }
 
     pub(super) fn write_frame(&mut self, opcode: OpCode, fin: bool, rsv1: bool, payload: &[u8]) {
-        let mask = match (self.role, self.negotiated.no_masking, self.masks.as_mut()) {
-            (Role::Client, false, Some(masks)) => Some(masks.next_mask()),
-            _ => None,
-        };
+        let mask = outgoing_mask(self.role, &self.negotiated, self.masks.as_mut());
         encode_frame(&mut self.out, opcode, fin, rsv1, mask, payload);
     }
 

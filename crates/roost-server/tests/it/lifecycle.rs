@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use roost::{CloseCode, Message};
 use roost_server::{App, ConnState, Data, Disconnect, Handler, Room, ServerConfig, Ws};
 
@@ -91,6 +92,45 @@ async fn broadcasts_reach_a_hibernating_member_without_waking_it() {
     within(sleeper.send(Message::text("hi"))).await.unwrap();
     assert_eq!(next_text(&mut talker).await, "hi");
     eventually("both hibernating again", || metrics.hibernating() == 2).await;
+}
+
+#[tokio::test]
+async fn a_hibernating_connection_answers_pings_pongs_and_heartbeats_without_waking() {
+    let config = ServerConfig {
+        dormant_after: Duration::from_millis(50),
+        ping_interval: Duration::from_millis(300),
+        auto_response: Some(("heartbeat".to_owned(), "alive".to_owned())),
+        ..ServerConfig::default()
+    };
+    let (addr, handle) = start(App::new().ws("/n", Named).unwrap(), config).await;
+    let mut ws = connect(addr, "/n").await;
+    let metrics = handle.metrics();
+    eventually("hibernating", || metrics.hibernating() == 1).await;
+    let wakeups = metrics.wakeups();
+    // Our ping is answered from the sleepers' poll.
+    within(ws.send(Message::Ping(Bytes::from_static(b"there?"))))
+        .await
+        .unwrap();
+    match within(ws.recv()).await {
+        Some(Ok(Message::Pong(payload))) => assert_eq!(&payload[..], b"there?"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+    // The server's keepalive ping goes out while the connection sleeps; reading it makes
+    // our client answer with a pong, which the server takes without waking either.
+    match within(ws.recv()).await {
+        Some(Ok(Message::Ping(_))) => {}
+        other => panic!("expected the keepalive ping, got {other:?}"),
+    }
+    // The heartbeat goes after that pong: once it is answered, the pong was heard.
+    within(ws.send(Message::text("heartbeat"))).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "alive");
+    assert_eq!(metrics.auto_response_hits(), 1);
+    assert_eq!(metrics.wakeups(), wakeups, "nothing so far needed a task");
+    assert_eq!(metrics.hibernating(), 1);
+    // A message does wake it, and it answers.
+    within(ws.send(Message::text("ada"))).await.unwrap();
+    assert!(next_text(&mut ws).await.starts_with("resume "));
+    assert!(metrics.wakeups() > wakeups);
 }
 
 #[tokio::test]
