@@ -3,14 +3,9 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod allocator;
 mod apps;
 mod cmd;
-
-/// mimalloc keeps blocks of one size together and returns pages whose blocks are all free,
-/// so what a hibernating connection gives back (its task, its buffers) leaves the process's
-/// resident memory instead of staying behind as holes between live connections.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// roost: a WebSocket server and client.
 #[derive(Debug, Parser)]
@@ -53,7 +48,10 @@ fn main() -> anyhow::Result<()> {
             .build()
     };
     match cli.command {
-        Command::Serve(args) => runtime()?.block_on(cmd::serve::run(args)),
+        Command::Serve(args) => {
+            allocator::spawn_janitor()?;
+            runtime()?.block_on(cmd::serve::run(args))
+        }
         Command::Connect(args) => runtime()?.block_on(cmd::connect::run(args)),
         Command::Attachments(args) => cmd::attachments::run(args),
         Command::Bench(args) => runtime()?.block_on(cmd::bench::run(args)),
