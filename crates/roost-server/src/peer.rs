@@ -989,6 +989,10 @@ async fn open_and_drive<H: Handler>(
     }
     peer.set_state(ConnState::Live);
     let opened = call_handler(&peer, handler.on_open(&ws, &url)).await;
+    // Both may be slices of the buffer the request was read into: it goes now, not when the
+    // task ends. Kept that long, it would sit between the long-lived allocations of the
+    // connections opened meanwhile and leave their pages half empty once it is freed.
+    drop((url, leftover));
     peer.set_state(ConnState::Parked);
     match peer.awake_socket() {
         Ok(socket) if opened => {
