@@ -721,10 +721,7 @@ async fn accept_ws(
         }
         // The old connection, if it still lingers, has lost its attachment to this one.
         if let Some(old_peer) = shared.peer(old) {
-            *old_peer
-                .attachment
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = None;
+            old_peer.set_attachment(None);
             old_peer.close(roost::CloseCode(4001), "resumed on another connection");
         }
         shared.metrics.resumes.fetch_add(1, Relaxed);
@@ -742,13 +739,13 @@ async fn accept_ws(
     }
     let peer = Arc::new(Peer::new(
         id,
-        room.into(),
+        shared.rooms.intern(&room),
         shared.clone(),
         tcp,
         core,
         expires,
     ));
-    *peer.attachment.lock().unwrap_or_else(|e| e.into_inner()) = attachment;
+    peer.set_attachment(attachment);
     shared
         .peers
         .lock()
@@ -756,7 +753,15 @@ async fn accept_ws(
         .insert(id, Arc::downgrade(&peer));
     let (handler, url) = (route.handler.clone(), request.uri().clone());
     drop(request);
-    handler.spawn_open(peer, url, leftover, Box::new((open, task)));
+    handler.spawn_open(
+        peer,
+        url,
+        leftover,
+        Guards {
+            _open: open,
+            _task: task,
+        },
+    );
 }
 
 /// Keepalive pings and idle timeouts for hibernating connections, which have no task and no
@@ -794,6 +799,14 @@ async fn sweep_sleepers(shared: Weak<Shared>) {
             shared.wake(key);
         }
     }
+}
+
+/// What keeps a connection counted while it runs or sleeps: the open-connection slot and the
+/// running-task count the graceful shutdown waits for. Inline, not boxed: a hibernating
+/// connection keeps it in the table of sleepers.
+pub(crate) struct Guards {
+    _open: OpenGuard,
+    _task: TaskGuard,
 }
 
 /// Decrements the open-connection count when the connection ends, however it ends.

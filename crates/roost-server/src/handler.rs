@@ -17,7 +17,8 @@ use roost::{CloseCode, Utf8Bytes, proto::close::MAX_CLOSE_REASON};
 
 use crate::{
     Room, Ws,
-    peer::{Guards, Peer, Sleeper},
+    app::Guards,
+    peer::{Peer, Sleeper},
 };
 
 /// A received data message.

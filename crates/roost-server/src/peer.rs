@@ -46,7 +46,7 @@ use tokio::{net::TcpStream, sync::Notify};
 
 use crate::{
     BackpressurePolicy, ConnState, Data, Handler, Room, Ws,
-    app::Shared,
+    app::{Guards, Shared},
     handler::{Disconnect, DynHandler},
     store::ConnectionId,
 };
@@ -81,10 +81,6 @@ tokio::task_local! {
     /// The connection whose task is running: only that task's writes are batched.
     static OWN_TASK: ConnectionId;
 }
-
-/// What keeps a connection counted while it runs or sleeps: the open-connection slot and the
-/// running-task count the graceful shutdown waits for.
-pub(crate) type Guards = Box<dyn Send + Sync>;
 
 /// The idle bookkeeping of one connection, carried from task to task across hibernation.
 #[derive(Debug, Clone, Copy)]
@@ -375,9 +371,12 @@ pub(crate) struct Peer {
     core: Mutex<Core>,
     pub(crate) out: Mutex<Outbound>,
     pub(crate) wake: Notify,
-    pub(crate) attachment: Mutex<Option<Bytes>>,
-    /// When the connection's resume token expires ([`Ws::resume_token`] signs it on demand).
-    pub(crate) resume_expires: std::time::SystemTime,
+    /// The attachment ([`Peer::attachment`]), in 16 bytes rather than a `Bytes`' 32: this
+    /// and the expiry below keep the whole `Peer` in mimalloc's 256-byte size class.
+    attachment: Mutex<Option<Arc<[u8]>>>,
+    /// When the connection's resume token expires, in seconds since the Unix epoch
+    /// ([`Ws::resume_token`] signs it on demand).
+    pub(crate) resume_expires: u64,
     /// Window bits when a broadcast may share one compressed frame with this connection
     /// (permessage-deflate with server_no_context_takeover), else `None`.
     pub(crate) compress_class: Option<u8>,
@@ -394,6 +393,11 @@ pub(crate) struct Peer {
     deferred: AtomicBool,
 }
 
+// What a hibernating connection costs is mostly this (with the Arc's two counters): it stays
+// in mimalloc's 256-byte size class.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Peer>() + 16 <= 256);
+
 impl Peer {
     pub(crate) fn new(
         id: ConnectionId,
@@ -403,6 +407,9 @@ impl Peer {
         core: Connection,
         resume_expires: std::time::SystemTime,
     ) -> Self {
+        let resume_expires = resume_expires
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
         let compress_class = core
             .negotiated()
             .deflate
@@ -433,6 +440,18 @@ impl Peer {
             batching: AtomicBool::new(false),
             deferred: AtomicBool::new(false),
         }
+    }
+
+    /// The connection's attachment, if it has one.
+    pub(crate) fn attachment(&self) -> Option<Bytes> {
+        let attachment = self.attachment.lock().unwrap_or_else(|e| e.into_inner());
+        attachment.clone().map(Bytes::from_owner)
+    }
+
+    /// Replaces the connection's attachment (`None` removes it).
+    pub(crate) fn set_attachment(&self, bytes: Option<Bytes>) {
+        let bytes = bytes.map(|bytes| Arc::from(&bytes[..]));
+        *self.attachment.lock().unwrap_or_else(|e| e.into_inner()) = bytes;
     }
 
     pub(crate) fn state(&self) -> ConnState {

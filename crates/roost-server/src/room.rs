@@ -41,6 +41,16 @@ pub(crate) struct Rooms {
 }
 
 impl Rooms {
+    /// The name of room `name` as the table keeps it, if the room exists: its connections
+    /// share one copy instead of each keeping its own.
+    pub(crate) fn intern(&self, name: &str) -> Arc<str> {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        match rooms.get_key_value(name) {
+            Some((key, _)) => key.clone(),
+            None => name.into(),
+        }
+    }
+
     /// Adds `peer` to its room; returns true when the room is new.
     pub(crate) fn join(&self, peer: &Arc<Peer>) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());

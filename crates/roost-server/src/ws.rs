@@ -138,10 +138,10 @@ impl Ws {
     /// on a new connection, once. Signed when asked for (the connection keeps only its expiry),
     /// so every call returns the same token.
     pub fn resume_token(&self) -> String {
-        self.peer
-            .shared
-            .resume_key
-            .issue(self.peer.id, self.peer.resume_expires)
+        self.peer.shared.resume_key.issue(
+            self.peer.id,
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.peer.resume_expires),
+        )
     }
 
     /// Sets the text request answered inside the codec, without waking the handler or
@@ -192,21 +192,13 @@ impl Ws {
             .shared
             .persist_attachment(self.peer.id, bytes.clone())
             .await?;
-        *self
-            .peer
-            .attachment
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        self.peer.set_attachment(Some(bytes));
         Ok(())
     }
 
     /// The raw attachment bytes, if any.
     pub fn attachment_bytes(&self) -> Option<Bytes> {
-        self.peer
-            .attachment
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.peer.attachment()
     }
 
     /// Moves a persisted attachment (of a connection that is gone, e.g. before a crash) onto
@@ -214,11 +206,7 @@ impl Ws {
     pub async fn adopt_attachment(&self, from: ConnectionId) -> Result<bool, AttachmentError> {
         match self.peer.shared.adopt(from, self.peer.id).await? {
             Some(bytes) => {
-                *self
-                    .peer
-                    .attachment
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+                self.peer.set_attachment(Some(bytes));
                 Ok(true)
             }
             None => Ok(false),
