@@ -82,34 +82,62 @@ tokio::task_local! {
     static OWN_TASK: ConnectionId;
 }
 
-/// The idle bookkeeping of one connection, carried from task to task across hibernation.
+/// The idle bookkeeping of one connection, carried from task to task across hibernation. 16
+/// bytes: a hibernating connection keeps it in the table of sleepers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Idle {
-    /// When the peer last sent anything.
-    last_input: Instant,
+    /// When the peer last sent anything, in nanoseconds since [`epoch`] (half an `Instant`).
+    last_input: u64,
+    /// Auto-response hits already added to the server's metric, modulo 2^32: only the
+    /// difference to the core's count matters.
+    hits_seen: u32,
     /// A keepalive ping went out since then.
     pinged: bool,
-    /// Auto-response hits already added to the server's metric.
-    hits_seen: u64,
     /// The task was just started again for a hibernating connection: it waits for the socket
     /// once before it may hibernate again, since the input that woke it is reported by the
     /// runtime only once the socket is registered there again.
     just_woke: bool,
 }
 
+/// The instant [`Idle::last_input`] counts from: the first time anyone asked.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 impl Idle {
     fn new() -> Self {
-        Idle {
-            last_input: Instant::now(),
-            pinged: false,
+        let mut idle = Idle {
+            last_input: 0,
             hits_seen: 0,
+            pinged: false,
             just_woke: false,
-        }
+        };
+        idle.input();
+        idle
     }
 
     fn input(&mut self) {
-        self.last_input = Instant::now();
+        // u64 nanoseconds last 584 years.
+        self.last_input = Instant::now().saturating_duration_since(epoch()).as_nanos() as u64;
         self.pinged = false;
+    }
+
+    fn last_input(&self) -> Instant {
+        epoch() + std::time::Duration::from_nanos(self.last_input)
+    }
+
+    /// Adds the auto-response hits the core counted (`hits`, its running total) since the
+    /// last call to the server's metric.
+    fn count_hits(&mut self, hits: u64, metrics: &crate::Metrics) {
+        let hits = hits as u32;
+        let new = hits.wrapping_sub(self.hits_seen);
+        if new > 0 {
+            metrics
+                .auto_response_hits
+                .fetch_add(u64::from(new), Relaxed);
+            self.hits_seen = hits;
+        }
     }
 }
 
@@ -122,13 +150,17 @@ pub(crate) struct Sleeper {
     idle: Idle,
 }
 
+// The table of sleepers holds one per hibernating connection.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Sleeper>() <= 56);
+
 impl Sleeper {
     /// What a sleeping connection needs at `now`, for the server's sweeper: a wake-up once
     /// its idle timeout passed (its task then drops it), a keepalive ping once the ping
     /// interval passed (marked as sent here; the caller sends it, with no lock held).
     pub(crate) fn due(&mut self, now: Instant) -> Due {
         let config = &self.peer.shared.config;
-        let quiet = now.saturating_duration_since(self.idle.last_input);
+        let quiet = now.saturating_duration_since(self.idle.last_input());
         if quiet >= config.idle_timeout {
             Due::Wake
         } else if !self.idle.pinged && quiet >= config.ping_interval {
@@ -205,13 +237,7 @@ impl Sleeper {
             }
         };
         let metrics = &peer.shared.metrics;
-        let hits = core.auto_response_hits();
-        if hits > self.idle.hits_seen {
-            metrics
-                .auto_response_hits
-                .fetch_add(hits - self.idle.hits_seen, Relaxed);
-            self.idle.hits_seen = hits;
-        }
+        self.idle.count_hits(core.auto_response_hits(), metrics);
         if !replies.is_empty() {
             metrics.bytes_out.fetch_add(replies.len() as u64, Relaxed);
             let written = match out.socket.try_write(&replies) {
@@ -1196,13 +1222,7 @@ async fn drive<H: Handler>(
                 core.next_deadline(),
             )
         };
-        if hits > idle.hits_seen {
-            peer.shared
-                .metrics
-                .auto_response_hits
-                .fetch_add(hits - idle.hits_seen, Relaxed);
-            idle.hits_seen = hits;
-        }
+        idle.count_hits(hits, &peer.shared.metrics);
         if finished {
             return Next::Finished;
         }
@@ -1211,7 +1231,7 @@ async fn drive<H: Handler>(
             return Next::Finished;
         }
         let now = Instant::now();
-        let last_input = idle.last_input;
+        let last_input = idle.last_input();
         let mut deadline = last_input + config.idle_timeout;
         if !idle.pinged {
             deadline = deadline.min(last_input + config.ping_interval);
