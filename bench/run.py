@@ -130,7 +130,10 @@ class Result:
     values: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     error: str | None = None
-    cpu: list[float] = field(default_factory=list)  # client scenario: the client's CPU use
+    # CPU use over each run (1.0 = one core busy for the whole run): the load generator's (in
+    # the client scenario, the client's) and the server's. A side near 1.0 is the limit.
+    cpu: list[float] = field(default_factory=list)
+    server_cpu: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float | None:
@@ -158,7 +161,37 @@ def serving(command: list[str]) -> Iterator[tuple[str, subprocess.Popen]]:
             server.wait()
 
 
-def run_once(stack: str, scenario: Scenario, duration: int, warmup: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a running process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_load(command: list[str], server: subprocess.Popen, timeout: float) -> tuple[dict, float, float]:
+    """Runs the load `command` against `server`: its JSON report, and the CPU use of the load
+    and of the server over the run (1.0 = one core busy for all of it), which tell which side
+    was the limit."""
+    # The CPU time of reaped children grows by the load's alone: the server is reaped only
+    # after it. taskset execs the server, so the pid is the server's own.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = process_cpu_seconds(server.pid)
+    started = time.monotonic()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("the load generator did not finish") from None
+    wall = time.monotonic() - started
+    server_cpu = (process_cpu_seconds(server.pid) - server_before) / wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError((done.stderr.strip().splitlines() or ["failed"])[-1])
+    load_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
+    return json.loads(done.stdout.strip().splitlines()[-1]), load_cpu, server_cpu
+
+
+def run_once(stack: str, scenario: Scenario, duration: int, warmup: int) -> tuple[float, float, float]:
+    """One run of `scenario` against `stack`: its figure, and the load's and the server's CPU
+    use ([`measured_load`])."""
     with serving(STACKS[stack]) as (addr, server):
         args = list(scenario.args)
         if stack == "raw-tcp":
@@ -166,37 +199,19 @@ def run_once(stack: str, scenario: Scenario, duration: int, warmup: int) -> floa
         if scenario.timed:
             args += ["--duration", str(duration), "--warmup", str(warmup)]
         else:
-            # taskset execs the server, so the pid is the server's own.
             args += ["--server-pid", str(server.pid)]
         load = pin(1, [str(ROOST), "bench", *args, "--url", f"ws://{addr}/", "--json"])
-        timeout = duration + warmup + 300
-        done = subprocess.run(load, capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            raise RuntimeError((done.stderr.strip().splitlines() or ["failed"])[-1])
-        return float(dig(json.loads(done.stdout.strip().splitlines()[-1]), scenario.metric))
+        report, load_cpu, server_cpu = measured_load(load, server, duration + warmup + 300)
+        return float(dig(report, scenario.metric)), load_cpu, server_cpu
 
 
-def run_client_once(client: str, duration: int, warmup: int) -> tuple[float, float]:
-    """One run of the client scenario: msgs/s, and the client's CPU use (1.0 = one core busy
-    for the whole run), which tells whether the client or the server was the limit."""
-    with serving(STACKS["roost"]) as (addr, _):
+def run_client_once(client: str, duration: int, warmup: int) -> tuple[float, float, float]:
+    """One run of the client scenario: msgs/s, and the client's and the server's CPU use."""
+    with serving(STACKS["roost"]) as (addr, server):
         command = pin(1, [*CLIENTS[client], "--url", f"ws://{addr}/", "--duration", str(duration),
                           "--warmup", str(warmup)])
-        # The CPU time of reaped children grows by the client's alone: the server is reaped
-        # only after it.
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.monotonic()
-        try:
-            done = subprocess.run(command, capture_output=True, text=True,
-                                  timeout=duration + warmup + 120)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError("the client did not finish") from None
-        wall = time.monotonic() - started
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if done.returncode != 0:
-            raise RuntimeError((done.stderr.strip().splitlines() or ["failed"])[-1])
-        cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
-        return float(json.loads(done.stdout.strip().splitlines()[-1])["msgs_per_s"]), cpu
+        report, client_cpu, server_cpu = measured_load(command, server, duration + warmup + 120)
+        return float(report["msgs_per_s"]), client_cpu, server_cpu
 
 
 def cluster_broadcast(duration: int, warmup: int, runs: int) -> dict[str, Result]:
@@ -481,7 +496,10 @@ def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
            f"Machine: {machine()}. Server pinned to core 0, load generator (`roost bench`) to "
            f"core 1. {args.runs} run(s) per stack and scenario, median shown; "
            f"{args.duration} s measured after {args.warmup} s of warm-up. The machine is shared: "
-           "compare ratios within this file, not across runs.", "",
+           "compare ratios within this file, not across runs. Server CPU and load CPU are "
+           "each side's CPU time over the run's wall time (medians; 1.00 = its core busy all "
+           "along): the side near 1.00 is the limit, and where it is the load generator, the "
+           "figure says more about the generator than about the server.", "",
            f"Generated on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}.", ""]
     out += render_targets(results)
     for scenario in [*SCENARIOS, CLIENT_SCENARIO]:
@@ -490,27 +508,30 @@ def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
         rows = results[scenario.name]
         values = [r.median for r in rows.values() if r.median is not None]
         best = (max(values) if scenario.higher_is_better else min(values)) if values else None
+        client = scenario.name == "client"
+        load = "client CPU" if client else "load CPU"
+        cpu_columns = f" server CPU | {load} |" if scenario.timed else ""
         out += [f"## {scenario.title}", "",
                 f"`roost bench {' '.join(scenario.args)}`", "",
-                f"| stack | {scenario.unit} | ratio to the best | runs |", "| --- | --- | --- | --- |"]
-        client = scenario.name == "client"
+                f"| {'client' if client else 'stack'} | {scenario.unit} | ratio to the best |"
+                f"{cpu_columns} runs |",
+                "| --- | --- | --- |" + (" --- | --- |" if scenario.timed else "") + " --- |"]
         if client:
-            out[-4:] = ["Each client library drives the same load against `roost serve --app "
-                        "bench` (server on core 0, client on core 1); client CPU is the client "
-                        "process's CPU time over the run's wall time (1.00 = its core fully "
-                        "busy: the client is the limit).", "",
-                        f"`{' '.join(CLIENTS['roost'][1:])}` / "
-                        f"`tungstenite-client {' '.join(CLIENT_LOAD)}`", "",
-                        f"| client | {scenario.unit} | ratio to the best | client CPU | runs |",
-                        "| --- | --- | --- | --- | --- |"]
+            out[-4:-2] = ["Each client library drives the same load against `roost serve --app "
+                          "bench` (server on core 0, client on core 1).", "",
+                          f"`{' '.join(CLIENTS['roost'][1:])}` / "
+                          f"`tungstenite-client {' '.join(CLIENT_LOAD)}`", ""]
         for stack, result in rows.items():
             if result.median is None:
-                out.append(f"| {stack} | - | - |{' - |' if client else ''} "
+                out.append(f"| {stack} | - | - |{' - | - |' if scenario.timed else ''} "
                            f"{result.error or 'no result'} |")
                 continue
             ratio = (result.median / best if scenario.higher_is_better else best / result.median) if best else 0
             runs = ", ".join(f"{v:,.1f}" for v in result.values)
-            cpu = f" {statistics.median(result.cpu):.2f} |" if client and result.cpu else ""
+            cpu = ""
+            if scenario.timed:
+                cpu = "".join(f" {statistics.median(side):.2f} |" if side else " - |"
+                              for side in (result.server_cpu, result.cpu))
             out.append(f"| {stack} | {result.median:,.1f} | {ratio:.2f} |{cpu} {runs} |")
         out += ["", chart(scenario, rows), ""]
     if "cluster" in results:
@@ -541,7 +562,7 @@ def main() -> int:
         saved = json.loads(args.render_only.read_text())
         args.runs, args.duration, args.warmup = saved["runs"], saved["duration"], saved["warmup"]
         results = {scenario: {stack: Result(r["values"], r.get("latencies", []), r["error"],
-                                            r.get("cpu", []))
+                                            r.get("cpu", []), r.get("server_cpu", []))
                               for stack, r in rows.items()} for scenario, rows in saved["results"].items()}
         if saved.get("micro"):
             results["micro"] = saved["micro"]
@@ -571,7 +592,11 @@ def main() -> int:
             else:
                 for _ in range(args.runs):
                     try:
-                        result.values.append(run_once(stack, scenario, args.duration, args.warmup))
+                        value, load_cpu, server_cpu = run_once(stack, scenario, args.duration,
+                                                               args.warmup)
+                        result.values.append(value)
+                        result.cpu.append(load_cpu)
+                        result.server_cpu.append(server_cpu)
                     except Exception as error:  # noqa: BLE001 - reported in the table
                         result.error = str(error)[:120]
             results[scenario.name][stack] = result
@@ -586,9 +611,11 @@ def main() -> int:
             else:
                 for _ in range(args.runs):
                     try:
-                        rate, cpu = run_client_once(client, args.duration, args.warmup)
+                        rate, cpu, server_cpu = run_client_once(client, args.duration,
+                                                                args.warmup)
                         result.values.append(rate)
                         result.cpu.append(cpu)
+                        result.server_cpu.append(server_cpu)
                     except Exception as error:  # noqa: BLE001 - reported in the table
                         result.error = str(error)[:120]
             results["client"][client] = result
@@ -607,7 +634,7 @@ def main() -> int:
     (args.out.parent / "performance.json").write_text(json.dumps(
         {"started": started, "runs": args.runs, "duration": args.duration, "warmup": args.warmup,
          "results": {scenario: {stack: {"values": r.values, "latencies": r.latencies, "error": r.error,
-                                       "cpu": r.cpu}
+                                       "cpu": r.cpu, "server_cpu": r.server_cpu}
                                 for stack, r in rows.items()}
                      for scenario, rows in results.items() if scenario != "micro"},
          "micro": results.get("micro")},
