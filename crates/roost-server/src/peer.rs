@@ -39,8 +39,8 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use roost::{
-    CloseCode, CloseFrame, CloseInitiator, Message,
-    proto::{Connection, Event, IdleConnection},
+    CloseCode, CloseFrame, CloseInitiator, Message, OpCode,
+    proto::{Connection, Event, IdleConnection, UsageError},
 };
 use tokio::{net::TcpStream, sync::Notify};
 
@@ -763,6 +763,32 @@ impl Peer {
         if let Some(code) = kick {
             self.close(code, "outbound queue full");
         }
+    }
+
+    /// Sends a data message. A hibernating connection's core stays idle (a few bytes) for a
+    /// message it would not compress: the frame is encoded from the idle core, as broadcasts
+    /// encode theirs, and pushed after the core's lock is let go.
+    pub(crate) fn send(&self, data: Data) -> (Result<(), UsageError>, SendOutcome) {
+        let (opcode, payload) = match &data {
+            Data::Text(text) => (OpCode::Text, text.as_bytes()),
+            Data::Binary(bytes) => (OpCode::Binary, bytes),
+        };
+        let idle_frame = match &mut *self.core.lock().unwrap_or_else(|e| e.into_inner()) {
+            Core::Idle(idle) => {
+                let mut frame = BytesMut::new();
+                idle.send(&self.shared.config.protocol, opcode, payload, &mut frame)
+                    .then(|| frame.freeze())
+            }
+            Core::Awake(_) | Core::Changing => None,
+        };
+        if let Some(frame) = idle_frame {
+            return (Ok(()), self.push(frame, false));
+        }
+        // The payload is shared with the output, not copied (from 1 KiB; smaller ones are).
+        self.with_core(|core| match data {
+            Data::Text(text) => core.send_text_bytes(text),
+            Data::Binary(bytes) => core.send_binary_bytes(bytes),
+        })
     }
 
     /// Sends a keepalive ping. One the socket cannot take now is queued, and the queue wakes

@@ -101,11 +101,7 @@ impl Ws {
 
     /// Sends a data message.
     pub fn send(&self, data: Data) -> SendOutcome {
-        // The payload is shared with the output, not copied (from 1 KiB; smaller ones are).
-        let (sent, outcome) = self.peer.with_core(|core| match data {
-            Data::Text(text) => core.send_text_bytes(text),
-            Data::Binary(bytes) => core.send_binary_bytes(bytes),
-        });
+        let (sent, outcome) = self.peer.send(data);
         match sent {
             Ok(()) => {
                 self.peer.shared.metrics.messages_out.fetch_add(1, Relaxed);

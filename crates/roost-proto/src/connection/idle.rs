@@ -155,6 +155,28 @@ impl IdleConnection {
         Ok(())
     }
 
+    /// Appends a whole data message (`opcode` text or binary) to `out` as the whole
+    /// connection would send it, when that needs nothing this does not keep. Returns false,
+    /// appending nothing, for a message the whole connection would compress
+    /// (permessage-deflate negotiated and the payload at least `config`'s compression
+    /// threshold) and for any other opcode: resume the connection to send those. `config` is
+    /// the configuration the connection was made with; text must be valid UTF-8.
+    pub fn send(
+        &mut self,
+        config: &Config,
+        opcode: OpCode,
+        payload: &[u8],
+        out: &mut BytesMut,
+    ) -> bool {
+        let compress = self.negotiated.deflate.is_some()
+            && payload.len() >= config.deflate().compression_threshold;
+        if compress || !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return false;
+        }
+        self.write(out, opcode, payload);
+        true
+    }
+
     /// Whether the frame `header` starts is one this may answer: masked as the role wants, no
     /// reserved bit, and a ping, a pong or a whole text frame as long as the request.
     fn may_answer(&self, header: &FrameHeader) -> bool {

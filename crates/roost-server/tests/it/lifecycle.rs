@@ -133,6 +133,40 @@ async fn a_hibernating_connection_answers_pings_pongs_and_heartbeats_without_wak
     assert!(metrics.wakeups() > wakeups);
 }
 
+/// Sends each message to every other member one by one, with `Ws::send`.
+struct Relay;
+
+impl Handler for Relay {
+    async fn on_message(&self, ws: &Ws, data: Data, room: &Room) -> Result<(), Disconnect> {
+        for other in room.websockets().iter().filter(|other| *other != ws) {
+            other.send(data.clone());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_send_to_a_hibernating_connection_leaves_its_core_idle() {
+    let (addr, handle) = start_dozing("/r", Relay, Duration::from_millis(50)).await;
+    let mut sleeper = connect(addr, "/r").await;
+    let mut talker = connect(addr, "/r").await;
+    let metrics = handle.metrics();
+    eventually("both hibernating", || metrics.hibernating() == 2).await;
+    within(talker.send(Message::text("psst"))).await.unwrap();
+    assert_eq!(next_text(&mut sleeper).await, "psst");
+    // Had the send made the sleeper's core whole, its poll could not answer the ping itself
+    // and would wake it.
+    let wakeups = metrics.wakeups();
+    within(sleeper.send(Message::Ping(Bytes::from_static(b"idle?"))))
+        .await
+        .unwrap();
+    match within(sleeper.recv()).await {
+        Some(Ok(Message::Pong(payload))) => assert_eq!(&payload[..], b"idle?"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+    assert_eq!(metrics.wakeups(), wakeups);
+}
+
 #[tokio::test]
 async fn shutdown_and_closes_from_elsewhere_reach_hibernating_connections() {
     let (addr, handle) = start_dozing("/n", Named, Duration::from_millis(30)).await;
