@@ -157,7 +157,7 @@ impl Pair {
                 request: short(request).into(),
                 response: short(response).into(),
             });
-        server.set_auto_response(auto.clone());
+        server.set_auto_response(auto.clone().map(std::sync::Arc::new));
         Pair {
             sides: [client, server],
             max_message: [

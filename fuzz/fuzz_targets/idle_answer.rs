@@ -9,7 +9,7 @@
 
 #![no_main]
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use arbitrary::Arbitrary;
 use bytes::BytesMut;
@@ -46,10 +46,10 @@ fn connection(input: &Input) -> Connection {
         Connection::server(Config::default(), negotiated)
     };
     connection.set_auto_response(input.auto_response.as_ref().map(|(request, response)| {
-        AutoResponse {
+        Arc::new(AutoResponse {
             request: request.as_str().into(),
             response: response.as_str().into(),
-        }
+        })
     }));
     connection
 }

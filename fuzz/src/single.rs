@@ -184,7 +184,7 @@ impl Harness {
             Role::Client => Connection::client(config.clone(), negotiated.clone(), masks),
         };
         let auto = input.config.auto_response();
-        conn.set_auto_response(auto.clone());
+        conn.set_auto_response(auto.clone().map(std::sync::Arc::new));
         let peer_is_server = role == Role::Client;
         let peer_codec = negotiated
             .deflate

@@ -36,7 +36,7 @@
 //! whose close handshake completed waits (bounded by the same timeout) for the server to close
 //! the TCP connection first, as RFC 6455 §7.1.1 asks.
 
-use std::{collections::VecDeque, fmt, time::Instant};
+use std::{collections::VecDeque, fmt, sync::Arc, time::Instant};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 
@@ -196,7 +196,7 @@ pub struct Connection {
     out_chunked: usize,
     out: BytesMut,
     events: VecDeque<Event>,
-    auto_response: Option<AutoResponse>,
+    auto_response: Option<Arc<AutoResponse>>,
     auto_response_hits: u64,
 }
 
@@ -756,14 +756,16 @@ impl Connection {
     /// text message equal to `request` is answered with `response`, uncompressed, without an
     /// event. While the application is in the middle of sending a fragmented message, or
     /// while the output already holds `max_queued_output` bytes (a peer that does not read),
-    /// the request is delivered as an event instead. Heartbeats (`"ping"` / `"pong"`) then never reach the application.
-    pub fn set_auto_response(&mut self, auto_response: Option<AutoResponse>) {
+    /// the request is delivered as an event instead. Heartbeats (`"ping"` / `"pong"`) then
+    /// never reach the application. Shared: a server that gives every connection the same pair
+    /// keeps it once.
+    pub fn set_auto_response(&mut self, auto_response: Option<Arc<AutoResponse>>) {
         self.auto_response = auto_response;
     }
 
     /// The auto-response in force.
     pub fn auto_response(&self) -> Option<&AutoResponse> {
-        self.auto_response.as_ref()
+        self.auto_response.as_deref()
     }
 
     /// How many messages the auto-response answered.
@@ -820,7 +822,7 @@ impl Connection {
             role: self.role,
             negotiated: self.negotiated,
             masks: self.masks,
-            auto_response: self.auto_response.map(Box::new),
+            auto_response: self.auto_response,
             auto_response_hits: self.auto_response_hits,
         })
     }

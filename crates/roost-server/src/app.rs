@@ -15,7 +15,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use roost::proto::{
-    Connection,
+    AutoResponse, Connection,
     handshake::{self, RequestReader},
 };
 use tokio::{
@@ -211,6 +211,7 @@ impl App {
             tasks: AtomicUsize::new(0),
             tasks_done: Notify::new(),
             cluster,
+            last_auto_response: Mutex::new(None),
         });
         tokio::spawn(sweep_sleepers(Arc::downgrade(&shared)));
         sleepers::spawn_waker_thread(Arc::downgrade(&shared), sleeper_poll)?;
@@ -287,6 +288,8 @@ pub(crate) struct Shared {
     tasks_done: Notify,
     /// The link to the other processes, when clustered.
     pub(crate) cluster: Option<Arc<Cluster>>,
+    /// The auto-response made last ([`Shared::auto_response`]).
+    last_auto_response: Mutex<Option<Arc<AutoResponse>>>,
 }
 
 impl Shared {
@@ -322,6 +325,28 @@ impl Shared {
             ));
         }
         text
+    }
+
+    /// The auto-response `request` → `response`, shared with the connections that have the
+    /// same: the server keeps the last one made, which in the usual case (one heartbeat for
+    /// every connection) is everyone's, so a hibernating connection holds a pointer to it.
+    pub(crate) fn auto_response(&self, request: &str, response: &str) -> Arc<AutoResponse> {
+        let mut last = self
+            .last_auto_response
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(auto) = &*last
+            && auto.request.as_str() == request
+            && auto.response.as_str() == response
+        {
+            return auto.clone();
+        }
+        let auto = Arc::new(AutoResponse {
+            request: request.into(),
+            response: response.into(),
+        });
+        *last = Some(auto.clone());
+        auto
     }
 
     pub(crate) fn ready(&self) -> bool {
@@ -732,10 +757,7 @@ async fn accept_ws(
     let expires = SystemTime::now() + shared.config.resume_ttl;
     let mut core = Connection::server(shared.config.protocol.clone(), accepted.negotiated);
     if let Some((request, response)) = &shared.config.auto_response {
-        core.set_auto_response(Some(roost::proto::AutoResponse {
-            request: request.as_str().into(),
-            response: response.as_str().into(),
-        }));
+        core.set_auto_response(Some(shared.auto_response(request, response)));
     }
     let peer = Arc::new(Peer::new(
         id,

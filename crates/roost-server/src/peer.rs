@@ -40,7 +40,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use roost::{
     CloseCode, CloseFrame, CloseInitiator, Message, OpCode,
-    proto::{Connection, Event, IdleConnection, UsageError},
+    proto::{AutoResponse, Connection, Event, IdleConnection, UsageError},
 };
 use tokio::{net::TcpStream, sync::Notify};
 
@@ -523,6 +523,16 @@ impl Peer {
                 Ok(idle) => Core::Idle(idle),
                 Err(connection) => Core::Awake(Box::new(connection)),
             };
+        }
+    }
+
+    /// Sets the auto-response, in an idle core too without making it whole.
+    pub(crate) fn set_auto_response(&self, auto: Option<Arc<AutoResponse>>) {
+        match &mut *self.core.lock().unwrap_or_else(|e| e.into_inner()) {
+            Core::Awake(core) => core.set_auto_response(auto),
+            Core::Idle(idle) => idle.set_auto_response(auto),
+            // Only seen under the lock by the one changing it.
+            Core::Changing => {}
         }
     }
 

@@ -9,7 +9,7 @@ use std::{
 use bytes::Bytes;
 use roost::{
     CloseCode, Utf8Bytes,
-    proto::{AutoResponse, UsageError, close::MAX_CLOSE_REASON},
+    proto::{UsageError, close::MAX_CLOSE_REASON},
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -143,11 +143,9 @@ impl Ws {
     /// Sets the text request answered inside the codec, without waking the handler or
     /// reading the attachment. An empty request and response clear it.
     pub fn set_auto_response(&self, request: &str, response: &str) {
-        let auto = (!request.is_empty() || !response.is_empty()).then(|| AutoResponse {
-            request: request.into(),
-            response: response.into(),
-        });
-        self.peer.core().set_auto_response(auto);
+        let auto = (!request.is_empty() || !response.is_empty())
+            .then(|| self.peer.shared.auto_response(request, response));
+        self.peer.set_auto_response(auto);
     }
 
     /// How many messages this connection's auto-response answered.

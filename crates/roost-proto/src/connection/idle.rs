@@ -1,7 +1,7 @@
 //! [`IdleConnection`]: an open connection with nothing in flight, in the few bytes a
 //! hibernating server keeps for it, and the input it can answer without becoming whole again.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use bytes::BytesMut;
 
@@ -27,7 +27,7 @@ pub struct IdleConnection {
     pub(super) role: Role,
     pub(super) negotiated: Negotiated,
     pub(super) masks: Option<Box<dyn MaskSource>>,
-    pub(super) auto_response: Option<Box<AutoResponse>>,
+    pub(super) auto_response: Option<Arc<AutoResponse>>,
     pub(super) auto_response_hits: u64,
 }
 
@@ -59,7 +59,7 @@ impl IdleConnection {
     /// (it is not kept here, to keep this small).
     pub fn resume(self, config: Config) -> Connection {
         let mut connection = Connection::new(self.role, config, self.negotiated, self.masks);
-        connection.auto_response = self.auto_response.map(|boxed| *boxed);
+        connection.auto_response = self.auto_response;
         connection.auto_response_hits = self.auto_response_hits;
         connection
     }
@@ -67,6 +67,12 @@ impl IdleConnection {
     /// How many messages the auto-response answered.
     pub fn auto_response_hits(&self) -> u64 {
         self.auto_response_hits
+    }
+
+    /// Sets (or with `None` clears) the auto-response, as [`Connection::set_auto_response`]
+    /// does, without making the connection whole.
+    pub fn set_auto_response(&mut self, auto_response: Option<Arc<AutoResponse>>) {
+        self.auto_response = auto_response;
     }
 
     /// Handles the whole frames at the front of `input` that need no more than this: a ping

@@ -1,6 +1,9 @@
 //! A client core against a server core in memory: no sockets, no sleeps, a fake clock.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use proptest::prelude::*;
 
@@ -699,10 +702,10 @@ proptest! {
 fn the_auto_response_answers_inside_the_codec_without_an_event() {
     let now = Instant::now();
     let (mut client, mut server) = pair();
-    server.set_auto_response(Some(AutoResponse {
+    server.set_auto_response(Some(Arc::new(AutoResponse {
         request: Utf8Bytes::from_static("heartbeat"),
         response: Utf8Bytes::from_static("alive"),
-    }));
+    })));
     client.send_text("heartbeat").unwrap();
     client.send_text("heartbeat!").unwrap();
     client.send_binary(b"heartbeat").unwrap();
@@ -765,10 +768,10 @@ fn an_idle_connection_shrinks_and_resumes_as_it_was() {
     let now = Instant::now();
     let negotiated = deflate_without_context();
     let (mut client, mut server) = pair_with(Config::default(), negotiated.clone());
-    server.set_auto_response(Some(AutoResponse {
+    server.set_auto_response(Some(Arc::new(AutoResponse {
         request: Utf8Bytes::from_static("heartbeat"),
         response: Utf8Bytes::from_static("alive"),
-    }));
+    })));
     let payload = "compress me ".repeat(100);
     client.send_text("heartbeat").unwrap();
     client.send_text(&payload).unwrap();
@@ -801,10 +804,10 @@ fn an_idle_connection_shrinks_and_resumes_as_it_was() {
 /// An idle server with the auto-response `"heartbeat"` -> `"alive"`.
 fn idle_server() -> IdleConnection {
     let mut server = Connection::server(Config::default(), Negotiated::default());
-    server.set_auto_response(Some(AutoResponse {
+    server.set_auto_response(Some(Arc::new(AutoResponse {
         request: Utf8Bytes::from_static("heartbeat"),
         response: Utf8Bytes::from_static("alive"),
-    }));
+    })));
     server.into_idle().unwrap()
 }
 
@@ -998,10 +1001,10 @@ proptest! {
         let answered = idle.answer(&wire, &mut out);
         prop_assert!(answered.consumed <= wire.len());
         let mut whole = Connection::server(Config::default(), Negotiated::default());
-        whole.set_auto_response(Some(AutoResponse {
+        whole.set_auto_response(Some(Arc::new(AutoResponse {
             request: Utf8Bytes::from_static("heartbeat"),
             response: Utf8Bytes::from_static("alive"),
-        }));
+        })));
         whole.receive(&wire[..answered.consumed], Instant::now());
         let heard = events(&mut whole);
         prop_assert!(
@@ -1049,10 +1052,10 @@ fn a_connection_with_something_in_flight_does_not_go_idle() {
 fn an_auto_response_never_lands_inside_a_fragmented_send() {
     let now = Instant::now();
     let (mut client, mut server) = pair();
-    server.set_auto_response(Some(AutoResponse {
+    server.set_auto_response(Some(Arc::new(AutoResponse {
         request: Utf8Bytes::new(),
         response: Utf8Bytes::new(),
-    }));
+    })));
     server
         .send_frame(&Frame::new(false, OpCode::Text, ""), now)
         .unwrap();
