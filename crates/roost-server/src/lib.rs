@@ -17,9 +17,12 @@
 //!   buffer), and *dormant* once idle past [`ServerConfig::dormant_after`]. A dormant
 //!   connection with nothing in flight hibernates: no buffers, no compression state, no task,
 //!   and its protocol core reduced to a few dozen bytes ([`roost::proto::IdleConnection`]).
-//!   The next frame, a send that has to wait or a close wakes it; a sweeper sends its
-//!   keepalive pings and enforces its idle timeout. [`Metrics`] counts each state and the
-//!   hibernating connections.
+//!   Its socket leaves tokio's reactor for a poll of the server's own, whose thread answers
+//!   pings, pongs to keepalive pings and the auto-response request itself; a message, a
+//!   close, a send that has to wait or a timer wakes it (gives it a task again). Sends and
+//!   broadcasts to it are written from the caller's thread; a sweeper sends its keepalive
+//!   pings and enforces its idle timeout. [`Metrics`] counts each state, the hibernating
+//!   connections and the wake-ups.
 //! - Backpressure: each connection's outbound queue is bounded; past it the
 //!   [`BackpressurePolicy`] drops the message or closes that connection, and a slow reader
 //!   never slows anyone else.
