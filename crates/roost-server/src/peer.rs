@@ -777,21 +777,16 @@ impl Peer {
 
     /// Sends a data message. A hibernating connection's core stays idle (a few bytes) for a
     /// message it would not compress: the frame is encoded from the idle core, as broadcasts
-    /// encode theirs, and pushed after the core's lock is let go.
+    /// encode theirs.
     pub(crate) fn send(&self, data: Data) -> (Result<(), UsageError>, SendOutcome) {
         let (opcode, payload) = match &data {
             Data::Text(text) => (OpCode::Text, text.as_bytes()),
             Data::Binary(bytes) => (OpCode::Binary, bytes),
         };
-        let idle_frame = match &mut *self.core.lock().unwrap_or_else(|e| e.into_inner()) {
-            Core::Idle(idle) => {
-                let mut frame = BytesMut::new();
-                idle.send(&self.shared.config.protocol, opcode, payload, &mut frame)
-                    .then(|| frame.freeze())
-            }
-            Core::Awake(_) | Core::Changing => None,
-        };
-        if let Some(frame) = idle_frame {
+        let config = &self.shared.config.protocol;
+        if let Some(frame) =
+            self.encode_idle(|idle, frame| idle.send(config, opcode, payload, frame))
+        {
             return (Ok(()), self.push(frame, false));
         }
         // The payload is shared with the output, not copied (from 1 KiB; smaller ones are).
@@ -801,25 +796,33 @@ impl Peer {
         })
     }
 
-    /// Sends a keepalive ping. One the socket cannot take now is queued, and the queue wakes
-    /// a hibernating connection.
+    /// Sends a keepalive ping, from an idle core without making it whole. One the socket
+    /// cannot take now is queued, and the queue wakes a hibernating connection.
     pub(crate) fn ping(&self) {
-        // An idle core pings without being made whole (it stays a few bytes); the frame is
-        // pushed after its lock is let go, as pushing may wake the connection.
-        let idle_ping = match &mut *self.core.lock().unwrap_or_else(|e| e.into_inner()) {
-            Core::Idle(idle) => {
-                let mut frame = BytesMut::new();
-                idle.ping(b"", &mut frame).ok().map(|()| frame.freeze())
-            }
-            Core::Awake(_) | Core::Changing => None,
-        };
-        match idle_ping {
+        match self.encode_idle(|idle, frame| idle.ping(b"", frame).is_ok()) {
             Some(frame) => {
                 let _ = self.push(frame, false);
             }
             None => {
                 let _ = self.with_core(|core| core.send_ping(b""));
             }
+        }
+    }
+
+    /// A frame encoded by the idle core (`encode` returns whether it could), so that the
+    /// core is not made whole for it. `None` when the core is awake or `encode` could not.
+    /// The caller pushes the frame once the core's lock is let go: pushing may wake the
+    /// connection.
+    fn encode_idle(
+        &self,
+        encode: impl FnOnce(&mut IdleConnection, &mut BytesMut) -> bool,
+    ) -> Option<Bytes> {
+        match &mut *self.core.lock().unwrap_or_else(|e| e.into_inner()) {
+            Core::Idle(idle) => {
+                let mut frame = BytesMut::new();
+                encode(idle, &mut frame).then(|| frame.freeze())
+            }
+            Core::Awake(_) | Core::Changing => None,
         }
     }
 
