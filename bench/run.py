@@ -394,32 +394,43 @@ def render_cluster(results: dict[str, Result]) -> list[str]:
 # holds roost back where it falls short, as far as it has been profiled)
 TARGETS = [
     ("echo64", ["bun"], 1.25, "echo 64 B: >= 1.25x Bun",
-     "the kernel's work per message: roost's server now spends about what Bun's does in user "
-     "space (CPU per echoed message from /proc utime and stime, 100 connections x 16, one run "
-     "each: roost 226 ns user + 415 ns kernel, Bun 245 + 414, raw TCP 36 + 380), and both make "
-     "one recv and one writev per batch. 1.25x Bun would need user time under about 110 ns per "
-     "message for the same kernel work; what is left is spread over parsing each small frame "
-     "(3%), the protocol core's lock (2%), the copy and allocation of each small payload "
-     "(2%) and tokio's task and readiness machinery"),
-    ("echo64", ["raw-tcp"], 0.9, "echo 64 B: >= 0.9x raw TCP", "the same"),
+     "the kernel's work per message, which every stack pays: roost's server, Bun's and the load "
+     "generator all run at their core's limit (CPU columns), and per echoed message (/proc utime "
+     "and stime, one run each) roost's server spends 190 ns in user space and 377 ns in the "
+     "kernel, Bun's 197 + 367, raw TCP's 36 + 338. Both make one recv and one writev per batch "
+     "(equal strace counts). 1.25x Bun would need roost's user time near raw TCP's for the same "
+     "kernel work; perf of what is left (the kernel is 66% of the server's samples): the drive "
+     "loop 6.8%, the protocol core's lock 3.8%, frame parsing 2.7%, copies of small payloads "
+     "2.1%, and tokio's task and readiness machinery"),
+    ("echo64", ["raw-tcp"], 0.9, "echo 64 B: >= 0.9x raw TCP",
+     "the same: raw TCP's server does no protocol work (36 ns of user time per message)"),
     ("echo16k", ["raw-tcp"], 0.9, "echo 16 KiB: >= 0.9x raw TCP",
-     "payloads are no longer copied in user space (a message is a slice of the read buffer "
-     "and goes back out as its own writev piece: perf shows memmove under 1.5%, where "
-     "copies took 45% before); what is left is unmasking every byte (4.5%), which raw TCP never "
-     "touches, and the kernel's copies, which both pay. A quick A/B of the allocator now "
-     "shows no difference (mimalloc 2,095 and 2,016 MiB/s, glibc 1,901 and 2,007)"),
+     "the load generator is the limit (load CPU 0.99; roost's server at 0.78 of its core, raw "
+     "TCP's at 0.83): it masks every 16 KiB it sends, a copy and an XOR pass that the raw TCP "
+     "generator does not make. Per message, roost's server spends about 6.9 us of CPU and raw "
+     "TCP's 5.1 (server CPU over messages, medians): unmasking is 5% of roost's samples and "
+     "roost's own work 14% in all; payloads are not copied in user space (a message is a slice "
+     "of the read buffer and goes back out as its own writev piece)"),
     ("latency", None, 1.0, "latency p99: no worse than the best",
-     "not profiled yet: each round trip wakes the connection's task (one epoll wake-up, "
-     "one recv, one writev)"),
+     "each round trip wakes the connection's task (one epoll wake-up, one recv, one writev)"),
     ("broadcast", ["bun"], 1.3, "broadcast: >= 1.3x Bun",
-     "broadcasts made during a batch leave as one writev per member per batch; perf: 87% of "
-     "the server's time is the kernel's loopback TCP send, 12% roost"),
+     "the servers and the generator are all near their limits (server CPU 0.97 for roost and "
+     "0.98 for Bun, load 0.92 and 0.96). Per delivery roost's server spends about 550 ns of "
+     "CPU, Bun's 650. The publisher's window of 16 messages leaves as one writev per member "
+     "(strace: 71 reads of the publisher and 71,623 writevs for 1,181 broadcasts to 1,000 "
+     "members), and 87% of the server's time is the kernel: loopback TCP runs the receivers' "
+     "TCP processing on the sender's core too. The generator at 0.92 of its core caps what "
+     "this machine can show at about 1.9 M deliveries/s, 1.26x Bun's median here"),
     ("client", ["tokio-tungstenite"], 1.5, "client: >= 1.5x tokio-tungstenite's client",
-     "not profiled: both clients use a full core (client CPU column), so the client is "
-     "the limit; roost's client masks, so it copies every payload it sends, and its "
-     "runs spread widely (see the runs column)"),
+     "both clients run at their core's limit (client CPU 0.98 and 0.99) and roost's server, "
+     "driven by roost's client, at 0.96 of its own. The noise is as large as the gap: the "
+     "same load, client and server gave 1.52 M msgs/s here and 1.76 M in the echo 64 B "
+     "scenario of this run (the last run measured 1.49x)"),
     ("connect", None, 1.0, "connect rate: no worse than the best peer",
-     "not profiled yet: the handshake builds an http::Request and a response per connection"),
+     "the load generator is the limit (load CPU 0.98 against roost, 0.94 against Bun; roost's "
+     "server at 0.72 to 0.91 of its core), and the runs spread by more than the gap: paired "
+     "reruns after this suite (roost, then Bun, three times, 5 s each) gave roost 15,724, "
+     "15,368 and 16,268 conn/s, Bun 15,902, 14,260 and 13,119"),
     ("deflate", ["bun", "node-ws"], 1.0, "compressed echo: >= the best peer with compression",
      "zlib-rs at level 1 with context takeover; each message is inflated and compressed "
      "once (Bun and ws use zlib at their default levels)"),
