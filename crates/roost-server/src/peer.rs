@@ -30,7 +30,7 @@ use std::{
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{
-            AtomicBool, AtomicU8, AtomicUsize,
+            AtomicBool, AtomicU8, AtomicU32, AtomicUsize,
             Ordering::{Relaxed, SeqCst},
         },
     },
@@ -400,9 +400,12 @@ pub(crate) struct Peer {
     /// The attachment ([`Peer::attachment`]), in 16 bytes rather than a `Bytes`' 32: this
     /// and the expiry below keep the whole `Peer` in mimalloc's 256-byte size class.
     attachment: Mutex<Option<Arc<[u8]>>>,
-    /// When the connection's resume token expires, in seconds since the Unix epoch
-    /// ([`Ws::resume_token`] signs it on demand).
-    pub(crate) resume_expires: u64,
+    /// When the connection's resume token expires, in seconds since the Unix epoch (in 32
+    /// bits: good until 2106; [`Ws::resume_token`] signs it on demand).
+    pub(crate) resume_expires: u32,
+    /// Where the connection is in its room's member list ([`crate::room::Rooms`]), which
+    /// keeps it up to date under its lock: leaving a room of any size is then one swap.
+    pub(crate) room_slot: AtomicU32,
     /// Window bits when a broadcast may share one compressed frame with this connection
     /// (permessage-deflate with server_no_context_takeover), else `None`.
     pub(crate) compress_class: Option<u8>,
@@ -435,7 +438,9 @@ impl Peer {
     ) -> Self {
         let resume_expires = resume_expires
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
+            .map_or(0, |since| {
+                u32::try_from(since.as_secs()).unwrap_or(u32::MAX)
+            });
         let compress_class = core
             .negotiated()
             .deflate
@@ -460,6 +465,7 @@ impl Peer {
             wake: Notify::new(),
             attachment: Mutex::new(None),
             resume_expires,
+            room_slot: AtomicU32::new(0),
             compress_class,
             state: AtomicU8::new(ConnState::Parked as u8),
             sleeping_as: AtomicUsize::new(AWAKE),

@@ -55,17 +55,31 @@ impl Rooms {
     pub(crate) fn join(&self, peer: &Arc<Peer>) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         let members = rooms.entry(peer.room.clone()).or_default();
+        // Past u32::MAX members the slot is wrong, and `leave` searches instead.
+        let slot = u32::try_from(members.len()).unwrap_or(u32::MAX);
+        peer.room_slot.store(slot, Relaxed);
         members.push(peer.clone());
         members.len() == 1
     }
 
-    /// Removes `peer` from its room; returns true when the room is now gone.
+    /// Removes `peer` from its room; returns true when the room is now gone. The last member
+    /// takes its place: one swap, whatever the room's size.
     pub(crate) fn leave(&self, peer: &Arc<Peer>) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         let Some(members) = rooms.get_mut(&peer.room) else {
             return false;
         };
-        members.retain(|member| !Arc::ptr_eq(member, peer));
+        let slot = peer.room_slot.load(Relaxed) as usize;
+        let found = match members.get(slot) {
+            Some(member) if Arc::ptr_eq(member, peer) => Some(slot),
+            _ => members.iter().position(|member| Arc::ptr_eq(member, peer)),
+        };
+        if let Some(slot) = found {
+            members.swap_remove(slot);
+            if let Some(moved) = members.get(slot) {
+                moved.room_slot.store(slot as u32, Relaxed);
+            }
+        }
         let empty = members.is_empty();
         if empty {
             rooms.remove(&peer.room);

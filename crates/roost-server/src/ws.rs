@@ -136,7 +136,7 @@ impl Ws {
     pub fn resume_token(&self) -> String {
         self.peer.shared.resume_key.issue(
             self.peer.id,
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.peer.resume_expires),
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.peer.resume_expires.into()),
         )
     }
 

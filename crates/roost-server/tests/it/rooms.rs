@@ -69,6 +69,41 @@ async fn rooms_keyed_by_a_path_parameter_only_hear_their_own() {
 }
 
 #[tokio::test]
+async fn members_leave_in_any_order_and_broadcasts_reach_those_left() {
+    let app = App::new().ws("/r", Broadcaster).unwrap();
+    let (addr, _) = start(app, ServerConfig::default()).await;
+    let mut members = Vec::new();
+    for _ in 0..6 {
+        members.push(connect(addr, "/r").await);
+    }
+    // The first, a middle one and the last leave: each time another member takes the slot.
+    for gone in [5, 2, 0] {
+        let mut ws = members.remove(gone);
+        within(ws.close(None)).await.unwrap();
+        until_closed(&mut ws).await;
+    }
+    let count = members.len();
+    // The server leaves the room as it finishes each connection: ask until it has.
+    within(members[0].send(Message::text("who"))).await.unwrap();
+    let mut answer = next_text(&mut members[0]).await;
+    for _ in 0..20 {
+        if answer == format!("{count} in /r") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        within(members[0].send(Message::text("who"))).await.unwrap();
+        answer = next_text(&mut members[0]).await;
+    }
+    assert_eq!(answer, format!("{count} in /r"));
+    within(members[1].send(Message::text("to all")))
+        .await
+        .unwrap();
+    for ws in &mut members {
+        assert_eq!(next_text(ws).await, "to all");
+    }
+}
+
+#[tokio::test]
 async fn the_default_room_key_is_the_path_without_the_query() {
     let (addr, _) = start(
         App::new().ws("/lobby", Broadcaster).unwrap(),
