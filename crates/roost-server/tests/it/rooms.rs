@@ -76,7 +76,8 @@ async fn members_leave_in_any_order_and_broadcasts_reach_those_left() {
     for _ in 0..6 {
         members.push(connect(addr, "/r").await);
     }
-    // The first, a middle one and the last leave: each time another member takes the slot.
+    // Three leave from different places of the member list; the members moved into their
+    // slots must still be found when they leave, and still hear broadcasts.
     for gone in [5, 2, 0] {
         let mut ws = members.remove(gone);
         within(ws.close(None)).await.unwrap();
