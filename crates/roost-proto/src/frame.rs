@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::{error::ProtocolError, mask::apply_mask};
+use crate::{error::ProtocolError, mask::copy_masked};
 
 /// The largest encoded header: 2 bytes, an 8-byte length and a 4-byte mask.
 pub const MAX_HEADER_LEN: usize = 14;
@@ -202,10 +202,13 @@ pub fn encode_frame(
     let header_len = header.encode(&mut encoded);
     out.reserve(header_len + payload.len());
     out.extend_from_slice(&encoded[..header_len]);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    if let Some(key) = mask {
-        apply_mask(&mut out[start..], key, 0);
+    match mask {
+        None => out.extend_from_slice(payload),
+        Some(key) => {
+            let start = out.len();
+            out.resize(start + payload.len(), 0);
+            copy_masked(&mut out[start..], payload, key);
+        }
     }
 }
 

@@ -23,6 +23,26 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     }
 }
 
+/// Writes `src` XORed with `key` into `dst` (of the same length): masking while copying, in
+/// one pass over the payload instead of a copy and then [`apply_mask`] over the copy.
+pub fn copy_masked(dst: &mut [u8], src: &[u8], key: [u8; 4]) {
+    assert_eq!(dst.len(), src.len(), "copy_masked needs equal lengths");
+    let word = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut to = dst.chunks_exact_mut(8);
+    let mut from = src.chunks_exact(8);
+    for (to, from) in (&mut to).zip(&mut from) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(from);
+        to.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ word).to_ne_bytes());
+    }
+    let tail = to.into_remainder().iter_mut().zip(from.remainder());
+    for ((to, from), k) in tail.zip(key.iter().cycle()) {
+        *to = from ^ k;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +73,18 @@ mod tests {
             apply_mask(&mut fast, key, offset);
             reference(&mut slow, key, offset);
             prop_assert_eq!(fast, slow);
+        }
+
+        #[test]
+        fn copy_masked_equals_copy_then_mask(
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            key in any::<[u8; 4]>(),
+        ) {
+            let mut copied = vec![0u8; data.len()];
+            copy_masked(&mut copied, &data, key);
+            let mut masked = data;
+            apply_mask(&mut masked, key, 0);
+            prop_assert_eq!(copied, masked);
         }
 
         #[test]
