@@ -395,7 +395,7 @@ def render_cluster(results: dict[str, Result]) -> list[str]:
 TARGETS = [
     ("echo64", ["bun"], 1.25, "echo 64 B: >= 1.25x Bun",
      "the kernel's work per message, which every stack pays: roost's server, Bun's and the load "
-     "generator all run at their core's limit (CPU columns), and per echoed message (/proc utime "
+     "generator all run at their core's limit, and per echoed message (/proc utime "
      "and stime, one run each) roost's server spends 190 ns in user space and 377 ns in the "
      "kernel, Bun's 197 + 367, raw TCP's 36 + 338. Both make one recv and one writev per batch "
      "(equal strace counts). 1.25x Bun would need roost's user time near raw TCP's for the same "
@@ -405,32 +405,29 @@ TARGETS = [
     ("echo64", ["raw-tcp"], 0.9, "echo 64 B: >= 0.9x raw TCP",
      "the same: raw TCP's server does no protocol work (36 ns of user time per message)"),
     ("echo16k", ["raw-tcp"], 0.9, "echo 16 KiB: >= 0.9x raw TCP",
-     "the load generator is the limit (load CPU 0.99; roost's server at 0.78 of its core, raw "
-     "TCP's at 0.83): it masks every 16 KiB it sends, a copy and an XOR pass that the raw TCP "
-     "generator does not make. Per message, roost's server spends about 6.9 us of CPU and raw "
-     "TCP's 5.1 (server CPU over messages, medians): unmasking is 5% of roost's samples and "
-     "roost's own work 14% in all; payloads are not copied in user space (a message is a slice "
-     "of the read buffer and goes back out as its own writev piece)"),
+     "the load generator is the limit: it masks every 16 KiB it sends, which the raw TCP "
+     "generator does not (roost's client masks while it copies, one pass; that raised what it "
+     "drives by 15 to 25% in A/B runs against the same server). Per message roost's server "
+     "spends more than raw TCP's: unmasking is 5% of its samples and its own work 14% in all "
+     "(perf); payloads are not copied in user space (a message is a slice of the read buffer "
+     "and goes back out as its own writev piece)"),
     ("latency", None, 1.0, "latency p99: no worse than the best",
      "each round trip wakes the connection's task (one epoll wake-up, one recv, one writev)"),
     ("broadcast", ["bun"], 1.3, "broadcast: >= 1.3x Bun",
-     "the servers and the generator are all near their limits (server CPU 0.97 for roost and "
-     "0.98 for Bun, load 0.92 and 0.96). Per delivery roost's server spends about 550 ns of "
-     "CPU, Bun's 650. The publisher's window of 16 messages leaves as one writev per member "
-     "(strace: 71 reads of the publisher and 71,623 writevs for 1,181 broadcasts to 1,000 "
-     "members), and 87% of the server's time is the kernel: loopback TCP runs the receivers' "
-     "TCP processing on the sender's core too. The generator at 0.92 of its core caps what "
-     "this machine can show at about 1.9 M deliveries/s, 1.26x Bun's median here"),
+     "the servers and the generator are all near their limits. The publisher's window of 16 "
+     "messages leaves as one writev per member (strace: 71 reads of the publisher and 71,623 "
+     "writevs for 1,181 broadcasts to 1,000 members), and 87% of the server's time is the "
+     "kernel (perf): loopback TCP runs the receivers' TCP processing on the sender's core too"),
     ("client", ["tokio-tungstenite"], 1.5, "client: >= 1.5x tokio-tungstenite's client",
-     "both clients run at their core's limit (client CPU 0.98 and 0.99) and roost's server, "
-     "driven by roost's client, at 0.96 of its own. The noise is as large as the gap: the "
-     "same load, client and server gave 1.52 M msgs/s here and 1.76 M in the echo 64 B "
-     "scenario of this run (the last run measured 1.49x)"),
+     "both clients run at their core's limit, and roost's server, driven by roost's client, "
+     "near its own: the figure is bound by one core or the other. Between scenarios of one "
+     "run the same load can spread by more than the gap (an earlier run of this session: "
+     "1.52 M msgs/s here, 1.76 M in its echo 64 B scenario; the session before measured "
+     "1.49x)"),
     ("connect", None, 1.0, "connect rate: no worse than the best peer",
-     "the load generator is the limit (load CPU 0.98 against roost, 0.94 against Bun; roost's "
-     "server at 0.72 to 0.91 of its core), and the runs spread by more than the gap: paired "
-     "reruns after this suite (roost, then Bun, three times, 5 s each) gave roost 15,724, "
-     "15,368 and 16,268 conn/s, Bun 15,902, 14,260 and 13,119"),
+     "the load generator is the limit, and runs spread by more than the gap: paired reruns "
+     "after an earlier full run of this session (roost, then Bun, three times, 5 s each) "
+     "gave roost 15,724, 15,368 and 16,268 conn/s, Bun 15,902, 14,260 and 13,119"),
     ("deflate", ["bun", "node-ws"], 1.0, "compressed echo: >= the best peer with compression",
      "zlib-rs at level 1 with context takeover; each message is inflated and compressed "
      "once (Bun and ws use zlib at their default levels)"),
@@ -471,6 +468,14 @@ def render_projection(per_connection: float) -> list[str]:
             "idle` spreads over 127.0.0.x).", ""]
 
 
+def cpu_summary(rows: dict[str, Result], stacks: list[str]) -> str:
+    """Each stack's server and load CPU in this run (medians), for the targets table."""
+    parts = [f"{stack}: server {statistics.median(rows[stack].server_cpu):.2f}, "
+             f"load {statistics.median(rows[stack].cpu):.2f}"
+             for stack in stacks if rows[stack].server_cpu and rows[stack].cpu]
+    return f"CPU in this run ({'; '.join(parts)})" if parts else ""
+
+
 def render_targets(results: dict[str, dict[str, Result]]) -> list[str]:
     out = ["## Targets", "",
            "Ratios of roost to the peers named, from the medians below (for latency, the best "
@@ -490,9 +495,12 @@ def render_targets(results: dict[str, dict[str, Result]]) -> list[str]:
         if not others:
             continue
         best = max(others) if scenario.higher_is_better else min(others)
+        best_stack = next(stack for stack, r in rows.items() if stack != "roost" and r.median == best)
         roost = rows["roost"].median
         ratio = roost / best if scenario.higher_is_better else best / roost
         met = ratio >= wanted
+        if not met:
+            why = f"{why}. {cpu_summary(rows, ['roost', best_stack])}"
         out.append(f"| {label} | {ratio:.2f} | {'yes' if met else 'no'} | {'' if met else why} |")
     idle = results.get("idle", {}).get("roost")
     if idle is not None and idle.median is not None:
