@@ -407,7 +407,7 @@ TARGETS = [
     ("echo16k", ["raw-tcp"], 0.9, "echo 16 KiB: >= 0.9x raw TCP",
      "the load generator is the limit: it masks every 16 KiB it sends, which the raw TCP "
      "generator does not (roost's client masks while it copies, one pass; that raised what it "
-     "drives by 15 to 25% in A/B runs against the same server). Per message roost's server "
+     "drives by 9, 22 and 27% in three paired A/B runs against the same server). Per message roost's server "
      "spends more than raw TCP's: unmasking is 5% of its samples and its own work 14% in all "
      "(perf); payloads are not copied in user space (a message is a slice of the read buffer "
      "and goes back out as its own writev piece)"),
@@ -437,8 +437,9 @@ TARGETS = [
 IDLE_TARGET_BYTES = 512
 IDLE_HELD_BACK = ("a hibernating connection keeps one 256-byte allocation (its peer state), a "
                   "56-byte entry in the slab of sleepers, an entry in the table of peers and a "
-                  "pointer in its room (mimalloc's own page walk at 19,000 connections: about "
-                  "270, 56, 45 and 8 B); no task, no buffer, no registration with tokio's "
+                  "pointer in its room (mimalloc's own page walk at 19,000 connections, taken while "
+                  "the sleeper entry was still 72 bytes: about 270 B in the 256-byte class, 72 "
+                  "B of sleepers, 45 B of peer table and 8 B of room list); no task, no buffer, no registration with tokio's "
                   "reactor. Pages that connections emptied when they went to sleep are returned "
                   "within a second (a janitor thread lets mimalloc purge, and it does not ask "
                   "for transparent huge pages, which the kernel would fill back in)")

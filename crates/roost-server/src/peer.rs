@@ -789,11 +789,15 @@ impl Peer {
             Data::Text(text) => (OpCode::Text, text.as_bytes()),
             Data::Binary(bytes) => (OpCode::Binary, bytes),
         };
-        let config = &self.shared.config.protocol;
-        if let Some(frame) =
-            self.encode_idle(|idle, frame| idle.send(config, opcode, payload, frame))
-        {
-            return (Ok(()), self.push(frame, false));
+        // Only a hibernating connection keeps its core idle; the check spares a connection in
+        // use (an echo's own replies) a second lock per message.
+        if self.is_asleep() {
+            let config = &self.shared.config.protocol;
+            if let Some(frame) =
+                self.encode_idle(|idle, frame| idle.send(config, opcode, payload, frame))
+            {
+                return (Ok(()), self.push(frame, false));
+            }
         }
         // The payload is shared with the output, not copied (from 1 KiB; smaller ones are).
         self.with_core(|core| match data {

@@ -951,30 +951,28 @@ fn an_idle_connection_sends_what_needs_no_compression_as_the_whole_one_would() {
     assert!(40 < threshold, "the small messages below stay uncompressed");
     for negotiated in [Negotiated::default(), deflate_without_context()] {
         let (client, server) = pair_with(config.clone(), negotiated.clone());
-        {
-            for mut whole in [client, server] {
-                let mut idle = Connection::new(
-                    whole.role(),
-                    config.clone(),
-                    negotiated.clone(),
-                    Some(Box::new(fixed_masks())),
-                )
-                .into_idle()
-                .unwrap();
-                let mut out = BytesMut::new();
-                assert!(idle.send(&config, OpCode::Text, b"small", &mut out));
-                assert!(idle.send(&config, OpCode::Binary, &[7; 40], &mut out));
-                whole.send_text("small").unwrap();
-                whole.send_binary(&[7; 40]).unwrap();
-                assert_eq!(&out[..], &output(&mut whole)[..], "{negotiated:?}");
-                let large = vec![b'a'; threshold.max(1) * 2];
-                let compressed = negotiated.deflate.is_some();
-                assert_eq!(
-                    idle.send(&config, OpCode::Text, &large, &mut out),
-                    !compressed
-                );
-                assert!(!idle.send(&config, OpCode::Ping, b"", &mut out));
-            }
+        for mut whole in [client, server] {
+            let mut idle = Connection::new(
+                whole.role(),
+                config.clone(),
+                negotiated.clone(),
+                Some(Box::new(fixed_masks())),
+            )
+            .into_idle()
+            .unwrap();
+            let mut out = BytesMut::new();
+            assert!(idle.send(&config, OpCode::Text, b"small", &mut out));
+            assert!(idle.send(&config, OpCode::Binary, &[7; 40], &mut out));
+            whole.send_text("small").unwrap();
+            whole.send_binary(&[7; 40]).unwrap();
+            assert_eq!(&out[..], &output(&mut whole)[..], "{negotiated:?}");
+            let large = vec![b'a'; threshold.max(1) * 2];
+            let compressed = negotiated.deflate.is_some();
+            assert_eq!(
+                idle.send(&config, OpCode::Text, &large, &mut out),
+                !compressed
+            );
+            assert!(!idle.send(&config, OpCode::Ping, b"", &mut out));
         }
     }
 }

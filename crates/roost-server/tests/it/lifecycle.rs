@@ -6,7 +6,7 @@ use bytes::Bytes;
 use roost::{CloseCode, Message};
 use roost_server::{App, ConnState, Data, Disconnect, Handler, Room, ServerConfig, Ws};
 
-use super::{connect, eventually, next_text, start, until_closed, within};
+use super::{Client, connect, eventually, next_text, start, until_closed, within};
 
 struct Named;
 
@@ -77,16 +77,36 @@ impl Handler for Shout {
     }
 }
 
-#[tokio::test]
-async fn broadcasts_reach_a_hibernating_member_without_waking_it() {
-    let (addr, handle) = start_dozing("/r", Shout, Duration::from_millis(50)).await;
+/// Two connections to `/r` run by `handler`, both hibernating; then the talker (second)
+/// says "psst", which the sleeper (first) must hear.
+async fn psst_to_a_sleeper(handler: impl Handler) -> (Client, Client, roost_server::ServerHandle) {
+    let (addr, handle) = start_dozing("/r", handler, Duration::from_millis(50)).await;
     let mut sleeper = connect(addr, "/r").await;
     let mut talker = connect(addr, "/r").await;
     let metrics = handle.metrics();
     eventually("both hibernating", || metrics.hibernating() == 2).await;
     within(talker.send(Message::text("psst"))).await.unwrap();
-    // Written from the sleeping socket, out of the runtime, by the talker's task.
     assert_eq!(next_text(&mut sleeper).await, "psst");
+    (sleeper, talker, handle)
+}
+
+/// Sends a ping with `payload` and expects its pong next.
+async fn ping_pong(ws: &mut Client, payload: &'static [u8]) {
+    within(ws.send(Message::Ping(Bytes::from_static(payload))))
+        .await
+        .unwrap();
+    match within(ws.recv()).await {
+        Some(Ok(Message::Pong(echoed))) => assert_eq!(&echoed[..], payload),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn broadcasts_reach_a_hibernating_member_without_waking_it() {
+    // The broadcast is written from the sleeping socket, out of the runtime, by the talker's
+    // task.
+    let (mut sleeper, mut talker, handle) = psst_to_a_sleeper(Shout).await;
+    let metrics = handle.metrics();
     assert_eq!(metrics.connections(ConnState::Dormant), 1);
     // The sleeper's reply wakes it from the sleepers' poll, and reaches the talker.
     within(sleeper.send(Message::text("hi"))).await.unwrap();
@@ -108,13 +128,7 @@ async fn a_hibernating_connection_answers_pings_pongs_and_heartbeats_without_wak
     eventually("hibernating", || metrics.hibernating() == 1).await;
     let wakeups = metrics.wakeups();
     // Our ping is answered from the sleepers' poll.
-    within(ws.send(Message::Ping(Bytes::from_static(b"there?"))))
-        .await
-        .unwrap();
-    match within(ws.recv()).await {
-        Some(Ok(Message::Pong(payload))) => assert_eq!(&payload[..], b"there?"),
-        other => panic!("expected the pong, got {other:?}"),
-    }
+    ping_pong(&mut ws, b"there?").await;
     // The server's keepalive ping goes out while the connection sleeps; reading it makes
     // our client answer with a pong, which the server takes without waking either.
     match within(ws.recv()).await {
@@ -147,23 +161,12 @@ impl Handler for Relay {
 
 #[tokio::test]
 async fn a_send_to_a_hibernating_connection_leaves_its_core_idle() {
-    let (addr, handle) = start_dozing("/r", Relay, Duration::from_millis(50)).await;
-    let mut sleeper = connect(addr, "/r").await;
-    let mut talker = connect(addr, "/r").await;
+    let (mut sleeper, _talker, handle) = psst_to_a_sleeper(Relay).await;
     let metrics = handle.metrics();
-    eventually("both hibernating", || metrics.hibernating() == 2).await;
-    within(talker.send(Message::text("psst"))).await.unwrap();
-    assert_eq!(next_text(&mut sleeper).await, "psst");
     // Had the send made the sleeper's core whole, its poll could not answer the ping itself
     // and would wake it.
     let wakeups = metrics.wakeups();
-    within(sleeper.send(Message::Ping(Bytes::from_static(b"idle?"))))
-        .await
-        .unwrap();
-    match within(sleeper.recv()).await {
-        Some(Ok(Message::Pong(payload))) => assert_eq!(&payload[..], b"idle?"),
-        other => panic!("expected the pong, got {other:?}"),
-    }
+    ping_pong(&mut sleeper, b"idle?").await;
     assert_eq!(metrics.wakeups(), wakeups);
 }
 
