@@ -350,6 +350,10 @@ impl Connection {
             && self.events.is_empty()
             && !self.input.is_empty()
         {
+            if let Some(message) = self.whole_message() {
+                self.events.push_back(Event::Message(message));
+                break;
+            }
             let step = if self.frame.is_none() {
                 self.receive_header()
             } else {
@@ -727,9 +731,77 @@ impl Connection {
     #[must_use]
     pub fn next_event(&mut self) -> Option<Event> {
         if self.events.is_empty() && !self.input.is_empty() {
+            if let Some(message) = self.whole_message() {
+                return Some(Event::Message(message));
+            }
             self.parse();
         }
         self.events.pop_front()
+    }
+
+    /// The common case in one step: a complete, unfragmented, uncompressed data frame at the
+    /// start of the input, with no frame or message in progress, becomes its message without
+    /// the frame and message state or the event queue. Auto-response requests are answered
+    /// on the way. `None` when the next frame is anything else (or incomplete, or invalid):
+    /// [`Connection::parse`] then takes it the long way, which reports every error. Invalid
+    /// UTF-8 fails the connection here, as it would there.
+    fn whole_message(&mut self) -> Option<Message> {
+        loop {
+            if !matches!(self.read, ReadState::Open)
+                || self.frame.is_some()
+                || self.message.is_some()
+                || !self.config.assemble_messages()
+            {
+                return None;
+            }
+            let (header, header_len) = FrameHeader::decode(&self.input).ok().flatten()?;
+            let masked_as_it_should = match self.role {
+                Role::Server => header.mask.is_some() != self.negotiated.no_masking,
+                Role::Client => header.mask.is_none(),
+            };
+            let text = header.opcode == OpCode::Text;
+            if !header.fin
+                || header.rsv1
+                || header.rsv2
+                || header.rsv3
+                || !(text || header.opcode == OpCode::Binary)
+                || !masked_as_it_should
+            {
+                return None;
+            }
+            let limits = self.config.limits();
+            let len = usize::try_from(header.payload_len).ok()?;
+            if len > limits.max_frame_size
+                || len > limits.max_message_size
+                || self.input.len() - header_len < len
+            {
+                return None;
+            }
+            let payload = &mut self.input[header_len..header_len + len];
+            if let Some(key) = header.mask {
+                apply_mask(payload, key, 0);
+            }
+            if text && simdutf8::basic::from_utf8(payload).is_err() {
+                self.input.advance(header_len + len);
+                self.fail(ProtocolError::InvalidUtf8);
+                return None;
+            }
+            let payload = if len < SHARED_PAYLOAD_MIN {
+                // Small: a copy of its own, so it does not keep the whole read buffer alive.
+                let payload = Bytes::copy_from_slice(payload);
+                self.input.advance(header_len + len);
+                payload
+            } else {
+                self.input.advance(header_len);
+                self.input.split_to(len).freeze()
+            };
+            if !text {
+                return Some(Message::Binary(payload));
+            }
+            if !self.answer_automatically(&payload) {
+                return Some(Message::Text(Utf8Bytes::from_validated(payload)));
+            }
+        }
     }
 
     /// Answers the complete text message in `payload` if it is the auto-response request.

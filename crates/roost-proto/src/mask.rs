@@ -1,24 +1,26 @@
 //! Masking and unmasking (RFC 6455 §5.3).
 //!
-//! XOR with a 4-byte key, eight bytes at a time in safe code. `offset` lets a payload that
-//! arrives in pieces be unmasked piece by piece.
+//! XOR with a 4-byte key, sixteen bytes at a time in safe code (the compiler makes vector
+//! instructions of it). `offset` lets a payload that arrives in pieces be unmasked piece by
+//! piece.
 
 /// XORs `buf` in place with `key`, as if `buf` started `offset` bytes into the payload.
 ///
 /// Masking and unmasking are the same operation.
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let mut key = key;
-    key.rotate_left(offset % 4);
-    let word = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
-    let mut chunks = buf.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(chunk);
-        chunk.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ word).to_ne_bytes());
+    if !offset.is_multiple_of(4) {
+        key.rotate_left(offset % 4);
     }
-    for (byte, k) in chunks.into_remainder().iter_mut().zip(key.iter().cycle()) {
+    // The key repeated over 16 bytes: the loop over whole blocks compiles to vector XORs.
+    let block: [u8; 16] = std::array::from_fn(|i| key[i % 4]);
+    let mut chunks = buf.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for (byte, k) in chunk.iter_mut().zip(&block) {
+            *byte ^= k;
+        }
+    }
+    for (byte, k) in chunks.into_remainder().iter_mut().zip(&block) {
         *byte ^= k;
     }
 }
@@ -27,18 +29,16 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
 /// one pass over the payload instead of a copy and then [`apply_mask`] over the copy.
 pub fn copy_masked(dst: &mut [u8], src: &[u8], key: [u8; 4]) {
     assert_eq!(dst.len(), src.len(), "copy_masked needs equal lengths");
-    let word = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
-    let mut to = dst.chunks_exact_mut(8);
-    let mut from = src.chunks_exact(8);
+    let block: [u8; 16] = std::array::from_fn(|i| key[i % 4]);
+    let mut to = dst.chunks_exact_mut(16);
+    let mut from = src.chunks_exact(16);
     for (to, from) in (&mut to).zip(&mut from) {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(from);
-        to.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ word).to_ne_bytes());
+        for ((to, from), k) in to.iter_mut().zip(from).zip(&block) {
+            *to = from ^ k;
+        }
     }
     let tail = to.into_remainder().iter_mut().zip(from.remainder());
-    for ((to, from), k) in tail.zip(key.iter().cycle()) {
+    for ((to, from), k) in tail.zip(&block) {
         *to = from ^ k;
     }
 }

@@ -1236,3 +1236,65 @@ fn a_large_payload_is_sent_without_a_copy_and_written_in_pieces() {
     pump(&mut client, &mut server, now);
     assert_eq!(events(&mut server), [Event::Message(Message::Binary(big))]);
 }
+
+/// One frame of a hostile client's stream: any first byte (FIN, RSV bits, opcode, even
+/// reserved ones), masked or not, with a payload that may be invalid UTF-8.
+fn hostile_frame() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop_oneof![
+            Just(0x81u8),
+            Just(0x82),
+            Just(0x01),
+            Just(0x80),
+            Just(0x89),
+            Just(0x8a),
+            Just(0x88),
+            any::<u8>()
+        ],
+        prop_oneof![
+            Just(b"ping?".to_vec()),
+            "\\PC{0,40}".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..200),
+        ],
+        prop_oneof![4 => Just(true), 1 => Just(false)],
+    )
+        .prop_map(|(first, payload, masked)| {
+            raw_frame(first, &payload, masked.then_some([9, 8, 7, 6]))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A whole frame at the start of the input takes a shorter way than one that arrives in
+    /// pieces (`Connection::whole_message`): both must say and send exactly the same.
+    #[test]
+    fn a_stream_read_whole_or_byte_by_byte_gives_the_same_events_and_replies(
+        frames in proptest::collection::vec(hostile_frame(), 1..10),
+        auto in any::<bool>(),
+    ) {
+        let now = Instant::now();
+        let wire: Vec<u8> = frames.concat();
+        let server = || {
+            let mut server = Connection::server(Config::default(), Negotiated::default());
+            if auto {
+                server.set_auto_response(Some(Arc::new(AutoResponse {
+                    request: Utf8Bytes::from_static("ping?"),
+                    response: Utf8Bytes::from_static("pong!"),
+                })));
+            }
+            server
+        };
+        let mut whole = server();
+        whole.receive(&wire, now);
+        let whole_events = events(&mut whole);
+        let mut pieces = server();
+        let mut piece_events = Vec::new();
+        for byte in &wire {
+            pieces.receive(std::slice::from_ref(byte), now);
+            piece_events.extend(events(&mut pieces));
+        }
+        prop_assert_eq!(whole_events, piece_events);
+        prop_assert_eq!(output(&mut whole), output(&mut pieces));
+    }
+}
