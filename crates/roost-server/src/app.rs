@@ -380,6 +380,17 @@ impl Shared {
         }
     }
 
+    /// Wakes every connection's task (each sees the shutdown flag, already up, and closes).
+    fn notify_all(&self) {
+        let peers: Vec<Arc<Peer>> = {
+            let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            peers.values().filter_map(Weak::upgrade).collect()
+        };
+        for peer in peers {
+            peer.notify();
+        }
+    }
+
     pub(crate) fn forget(&self, id: ConnectionId) {
         self.peers
             .lock()
@@ -568,6 +579,7 @@ impl Server {
         drop(listener);
         let _ = trigger.send(true);
         shared.wake_all();
+        shared.notify_all();
         if let Some(cluster) = &shared.cluster {
             cluster.depart().await;
         }

@@ -38,11 +38,12 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use roost::{
     CloseCode, CloseFrame, CloseInitiator, Message, OpCode,
     proto::{AutoResponse, Connection, Event, IdleConnection, UsageError},
 };
-use tokio::{net::TcpStream, sync::Notify};
+use tokio::net::TcpStream;
 
 use crate::{
     BackpressurePolicy, ConnState, Data, Handler, Room, Ws,
@@ -390,13 +391,39 @@ impl std::ops::DerefMut for CoreGuard<'_> {
     }
 }
 
+/// Wakes a connection's task, which alone waits on it: a flag and the task's waker. Anyone
+/// may set it; a wake that comes while the task is busy is kept for its next wait.
+#[derive(Default)]
+struct Wakeup {
+    pending: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wakeup {
+    fn wake(&self) {
+        self.pending.store(true, SeqCst);
+        self.waker.wake();
+    }
+
+    /// Ready once per wake (or per run of wakes before the task looked).
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // Registered first, so a wake between the check and the wait is not lost.
+        self.waker.register(cx.waker());
+        if self.pending.load(SeqCst) && self.pending.swap(false, SeqCst) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
 pub(crate) struct Peer {
     pub(crate) id: ConnectionId,
     pub(crate) room: Arc<str>,
     pub(crate) shared: Arc<Shared>,
     core: Mutex<Core>,
     pub(crate) out: Mutex<Outbound>,
-    pub(crate) wake: Notify,
+    wake: Wakeup,
     /// The attachment ([`Peer::attachment`]), in 16 bytes rather than a `Bytes`' 32: this
     /// and the expiry below keep the whole `Peer` in mimalloc's 256-byte size class.
     attachment: Mutex<Option<Arc<[u8]>>>,
@@ -462,7 +489,7 @@ impl Peer {
                 kick: None,
                 flush_pending: false,
             }),
-            wake: Notify::new(),
+            wake: Wakeup::default(),
             attachment: Mutex::new(None),
             resume_expires,
             room_slot: AtomicU32::new(0),
@@ -607,12 +634,12 @@ impl Peer {
 
     /// Tells the connection's task that there is work: queued bytes, a close, a kick. A
     /// hibernating connection gets a task again.
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         let key = self.sleeping_as.load(SeqCst);
         if key != AWAKE {
             self.shared.wake(key);
         } else {
-            self.wake.notify_one();
+            self.wake.wake();
         }
     }
 
@@ -1212,11 +1239,18 @@ async fn drive<H: Handler>(
     idle: &mut Idle,
 ) -> Next {
     let config = &peer.shared.config;
-    let mut shutdown = peer.shared.shutdown.clone();
-    if *shutdown.borrow() {
-        peer.close(CloseCode::GOING_AWAY, "server shutting down");
-    }
+    let shutdown = &peer.shared.shutdown;
+    // The server's shutdown wakes every connection ([`Peer::notify`]) once the flag is up.
+    let mut shutdown_heard = false;
+    // The timer lives across the loop instead of being made for every batch (a timer wheel
+    // entry each time).
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
+    let mut armed: Option<Instant> = None;
     loop {
+        if !shutdown_heard && *shutdown.borrow() {
+            shutdown_heard = true;
+            peer.close(CloseCode::GOING_AWAY, "server shutting down");
+        }
         peer.close_if_kicked();
         // Everything the core has parsed, in order; replies leave together afterwards.
         peer.set_corked(true);
@@ -1301,26 +1335,49 @@ async fn drive<H: Handler>(
         {
             return Next::Hibernate;
         }
+        // The timer may go off before the deadline (each branch below checks what is due);
+        // never after it. So a busy connection, whose deadlines move with every batch,
+        // re-arms it only when it went off.
+        let deadline = deadline.max(now);
+        if armed.is_none_or(|at| at > deadline || at <= now) {
+            timer.as_mut().reset(deadline.into());
+            armed = Some(deadline);
+        }
         let queued = peer.has_queued();
-        tokio::select! {
-            biased;
-            _ = shutdown.changed(), if !*shutdown.borrow() => {
-                peer.close(CloseCode::GOING_AWAY, "server shutting down");
+        let woke = std::future::poll_fn(|cx| {
+            use std::task::Poll;
+            if peer.wake.poll(cx).is_ready() {
+                return Poll::Ready(Woke::Notified);
             }
-            _ = peer.wake.notified() => {}
-            ready = socket.writable(), if queued => {
-                if ready.is_err() {
+            if queued && let Poll::Ready(ready) = socket.poll_write_ready(cx) {
+                return Poll::Ready(Woke::Writable(ready.is_ok()));
+            }
+            if let Poll::Ready(ready) = socket.poll_read_ready(cx) {
+                return Poll::Ready(Woke::Readable(ready.is_ok()));
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        match woke {
+            // What it was for (a shutdown, queued bytes, a kick) is seen at the loop's top.
+            Woke::Notified => {}
+            Woke::Writable(ok) => {
+                if !ok {
                     peer.core().receive_eof();
                 }
             }
-            ready = socket.readable() => {
+            Woke::Readable(ok) => {
                 // A dormant connection stays dormant for control frames (a pong to its
                 // keepalive ping): only a message wakes it up for good.
-                if ready.is_err() || peer.read_ready(socket) {
+                if !ok || peer.read_ready(socket) {
                     idle.input();
                 }
             }
-            _ = tokio::time::sleep_until(deadline.max(now).into()) => {
+            Woke::Timer => {
+                armed = None;
                 let now = Instant::now();
                 peer.core().on_deadline(now);
                 let quiet = now.saturating_duration_since(last_input);
@@ -1331,12 +1388,26 @@ async fn drive<H: Handler>(
                     idle.pinged = true;
                     peer.ping();
                 }
-                if quiet >= config.dormant_after && peer.state() == ConnState::Parked && !peer.has_queued() {
+                if quiet >= config.dormant_after
+                    && peer.state() == ConnState::Parked
+                    && !peer.has_queued()
+                {
                     peer.go_dormant();
                 }
             }
         }
     }
+}
+
+/// What ended one wait of [`drive`], in the order they are checked.
+enum Woke {
+    /// [`Peer::notify`].
+    Notified,
+    /// The socket can take more (`false`: it failed).
+    Writable(bool),
+    /// The socket has input (`false`: it failed).
+    Readable(bool),
+    Timer,
 }
 
 async fn finish<H: Handler>(peer: &Arc<Peer>, handler: &H, ws: &Ws, socket: Option<&TcpStream>) {
