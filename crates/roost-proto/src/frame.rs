@@ -177,6 +177,9 @@ impl FrameHeader {
     }
 }
 
+/// Payloads up to this long fit the short length form and are framed on the stack.
+const SMALL_PAYLOAD: usize = 125;
+
 /// Appends one whole frame to `out`: header, then `payload`, masked with `mask` if given.
 ///
 /// The building block for senders that encode a frame once and share the bytes, such as a
@@ -200,6 +203,20 @@ pub fn encode_frame(
     };
     let mut encoded = [0u8; MAX_HEADER_LEN];
     let header_len = header.encode(&mut encoded);
+    let len = payload.len();
+    if len <= SMALL_PAYLOAD {
+        // Put together on the stack and appended in one copy: for small frames the calls
+        // and capacity checks of appending header and payload apart cost more than the bytes.
+        let mut frame = [0u8; MAX_HEADER_LEN + SMALL_PAYLOAD];
+        frame[..MAX_HEADER_LEN].copy_from_slice(&encoded);
+        let body = &mut frame[header_len..header_len + len];
+        match mask {
+            None => body.copy_from_slice(payload),
+            Some(key) => copy_masked(body, payload, key),
+        }
+        out.extend_from_slice(&frame[..header_len + len]);
+        return;
+    }
     out.reserve(header_len + payload.len());
     out.extend_from_slice(&encoded[..header_len]);
     match mask {

@@ -1,8 +1,7 @@
 //! Masking and unmasking (RFC 6455 §5.3).
 //!
-//! XOR with a 4-byte key, sixteen bytes at a time in safe code (the compiler makes vector
-//! instructions of it). `offset` lets a payload that arrives in pieces be unmasked piece by
-//! piece.
+//! XOR with a 4-byte key, sixteen bytes at a time in safe code. `offset` lets a payload that
+//! arrives in pieces be unmasked piece by piece.
 
 /// XORs `buf` in place with `key`, as if `buf` started `offset` bytes into the payload.
 ///
@@ -12,15 +11,13 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     if !offset.is_multiple_of(4) {
         key.rotate_left(offset % 4);
     }
-    // The key repeated over 16 bytes: the loop over whole blocks compiles to vector XORs.
-    let block: [u8; 16] = std::array::from_fn(|i| key[i % 4]);
+    let block = repeat(key);
     let mut chunks = buf.chunks_exact_mut(16);
     for chunk in &mut chunks {
-        for (byte, k) in chunk.iter_mut().zip(&block) {
-            *byte ^= k;
-        }
+        let word = u128::from_ne_bytes(chunk.try_into().unwrap_or_default()) ^ block;
+        chunk.copy_from_slice(&word.to_ne_bytes());
     }
-    for (byte, k) in chunks.into_remainder().iter_mut().zip(&block) {
+    for (byte, k) in chunks.into_remainder().iter_mut().zip(key.iter().cycle()) {
         *byte ^= k;
     }
 }
@@ -29,18 +26,25 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
 /// one pass over the payload instead of a copy and then [`apply_mask`] over the copy.
 pub fn copy_masked(dst: &mut [u8], src: &[u8], key: [u8; 4]) {
     assert_eq!(dst.len(), src.len(), "copy_masked needs equal lengths");
-    let block: [u8; 16] = std::array::from_fn(|i| key[i % 4]);
+    let block = repeat(key);
     let mut to = dst.chunks_exact_mut(16);
     let mut from = src.chunks_exact(16);
     for (to, from) in (&mut to).zip(&mut from) {
-        for ((to, from), k) in to.iter_mut().zip(from).zip(&block) {
-            *to = from ^ k;
-        }
+        let word = u128::from_ne_bytes(from.try_into().unwrap_or_default()) ^ block;
+        to.copy_from_slice(&word.to_ne_bytes());
     }
     let tail = to.into_remainder().iter_mut().zip(from.remainder());
-    for ((to, from), k) in tail.zip(&block) {
+    for ((to, from), k) in tail.zip(key.iter().cycle()) {
         *to = from ^ k;
     }
+}
+
+/// The key four times over, as one 16-byte word in memory order.
+fn repeat(key: [u8; 4]) -> u128 {
+    // Each 4-byte lane of the word holds the key's bytes in memory order, whatever the
+    // byte order of the machine.
+    let lane = u128::from(u32::from_ne_bytes(key));
+    lane | lane << 32 | lane << 64 | lane << 96
 }
 
 #[cfg(test)]

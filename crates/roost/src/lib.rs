@@ -99,9 +99,10 @@ pub enum Error {
 /// Masking keys from a cryptographically secure generator seeded by the OS
 /// (RFC 6455 §10.3 asks for unpredictable keys).
 pub(crate) fn mask_source() -> impl MaskSource + 'static {
-    use rand::{Rng, SeedableRng};
+    use rand::{RngCore, SeedableRng};
     let mut rng = rand::rngs::StdRng::from_os_rng();
-    move || rng.random::<[u8; 4]>()
+    // One 32-bit draw per key (sampling `[u8; 4]` draws once per byte).
+    move || rng.next_u32().to_ne_bytes()
 }
 
 /// 16 random bytes for a client's `Sec-WebSocket-Key`.

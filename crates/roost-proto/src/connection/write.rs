@@ -41,8 +41,16 @@ impl Connection {
     /// where [`Connection::send_binary_bytes`] would.
     pub fn send(&mut self, message: &Message, now: Instant) -> Result<(), UsageError> {
         match message {
-            Message::Text(text) => self.send_text_bytes(text.clone()),
-            Message::Binary(data) => self.send_binary_bytes(data.clone()),
+            // A clone that would only be copied from is not made (for a payload built from a
+            // `Vec`, the first clone allocates).
+            Message::Text(text) if self.shares_payload(text.len()) => {
+                self.send_text_bytes(text.clone())
+            }
+            Message::Text(text) => self.send_data(OpCode::Text, text.as_bytes()),
+            Message::Binary(data) if self.shares_payload(data.len()) => {
+                self.send_binary_bytes(data.clone())
+            }
+            Message::Binary(data) => self.send_data(OpCode::Binary, data),
             Message::Ping(payload) => self.send_ping(payload),
             Message::Pong(payload) => self.send_pong(payload),
             Message::Close(frame) => self.close(frame.clone(), now),
@@ -143,14 +151,19 @@ impl Connection {
         Ok(())
     }
 
-    fn send_data_bytes(&mut self, opcode: OpCode, data: Bytes) -> Result<(), UsageError> {
-        let as_is = data.len() >= SHARED_PAYLOAD_MIN
+    /// Whether a payload of `len` bytes goes out as it is, shared rather than copied: long
+    /// enough, not compressed, not masked.
+    fn shares_payload(&self, len: usize) -> bool {
+        len >= SHARED_PAYLOAD_MIN
             && self
                 .deflate
                 .as_ref()
-                .is_none_or(|codec| !codec.should_compress(data.len()))
-            && (self.role == Role::Server || self.negotiated.no_masking);
-        if !as_is {
+                .is_none_or(|codec| !codec.should_compress(len))
+            && (self.role == Role::Server || self.negotiated.no_masking)
+    }
+
+    fn send_data_bytes(&mut self, opcode: OpCode, data: Bytes) -> Result<(), UsageError> {
+        if !self.shares_payload(data.len()) {
             return self.send_data(opcode, &data);
         }
         self.ensure_writable()?;
