@@ -11,7 +11,7 @@ use std::{
 
 use futures_core::Stream;
 use futures_sink::Sink;
-use roost_proto::{CloseFrame, CloseStatus, Connection, Event, Message, Negotiated};
+use roost_proto::{CloseFrame, CloseStatus, Connection, Event, Message, Negotiated, UsageError};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Error;
@@ -160,6 +160,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.start_send_inner(message)
     }
 
+    /// Queues a text message copied from `text`, without flushing. Unlike [`WebSocket::feed`]
+    /// it needs no [`Message`], so nothing is allocated for a payload the frame copies anyway.
+    pub fn feed_text(&mut self, text: &str) -> Result<(), Error> {
+        let queued = self.connection.send_text(text);
+        self.queued(queued)
+    }
+
+    /// Queues a binary message copied from `data`, without flushing; see
+    /// [`WebSocket::feed_text`].
+    pub fn feed_binary(&mut self, data: &[u8]) -> Result<(), Error> {
+        let queued = self.connection.send_binary(data);
+        self.queued(queued)
+    }
+
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), Error> {
         std::future::poll_fn(|cx| self.poll_flush_inner(cx)).await
@@ -296,15 +310,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     fn start_send_inner(&mut self, message: &Message) -> Result<(), Error> {
-        self.connection
-            .send(message, Instant::now())
-            .map_err(|error| {
-                if self.connection.can_send() {
-                    Error::Usage(error)
-                } else {
-                    Error::ConnectionClosed
-                }
-            })
+        let queued = self.connection.send(message, Instant::now());
+        self.queued(queued)
+    }
+
+    /// What a send the core refused means to the caller: a closed connection, or a misuse.
+    fn queued(&self, result: Result<(), UsageError>) -> Result<(), Error> {
+        result.map_err(|error| {
+            if self.connection.can_send() {
+                Error::Usage(error)
+            } else {
+                Error::ConnectionClosed
+            }
+        })
     }
 
     fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {

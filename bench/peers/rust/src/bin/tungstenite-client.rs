@@ -110,15 +110,17 @@ async fn pump(
         sent += 1;
     }
     ws.flush().await.map_err(|e| e.to_string())?;
+    let mut echoes = Vec::with_capacity(args.in_flight);
     while !stop.load(Relaxed) {
         let Some(first) = ws.next().await else {
             return Err("the server closed the connection".to_owned());
         };
-        let mut echoes = vec![first.map_err(|e| e.to_string())?];
+        echoes.push(first.map_err(|e| e.to_string())?);
         while let Some(Some(more)) = ws.next().now_or_never() {
             echoes.push(more.map_err(|e| e.to_string())?);
         }
-        for echo in echoes {
+        let before = next;
+        for echo in echoes.drain(..) {
             let Message::Binary(bytes) = echo else {
                 continue;
             };
@@ -126,12 +128,12 @@ async fn pump(
                 return Err(format!("echo {next} differs from what was sent"));
             }
             next += 1;
-            received.fetch_add(1, Relaxed);
             ws.feed(payloads.message(sent))
                 .await
                 .map_err(|e| e.to_string())?;
             sent += 1;
         }
+        received.fetch_add(next - before, Relaxed);
         ws.flush().await.map_err(|e| e.to_string())?;
     }
     let _ = ws.close(None).await;

@@ -77,16 +77,24 @@ impl Payloads {
 
     /// The raw bytes of message `seq`.
     pub(crate) fn bytes(&self, seq: u64) -> Vec<u8> {
-        let (prefix, n) = self.prefix(seq);
         let mut body = self.template.clone();
-        body[..n].copy_from_slice(&prefix[..n]);
+        self.number(seq, &mut body);
         body
+    }
+
+    /// Writes the number `seq` over the start of `body` (a copy of the template).
+    fn number(&self, seq: u64, body: &mut [u8]) {
+        let (prefix, n) = self.prefix(seq);
+        body[..n].copy_from_slice(&prefix[..n]);
     }
 
     fn prefix(&self, seq: u64) -> ([u8; 16], usize) {
         let mut prefix = [0u8; 16];
         if self.text {
-            prefix.copy_from_slice(format!("{seq:016x}").as_bytes());
+            // Sixteen hex digits, without the formatting machinery (this runs per message).
+            for (i, digit) in prefix.iter_mut().enumerate() {
+                *digit = b"0123456789abcdef"[(seq >> (60 - 4 * i)) as usize & 0xf];
+            }
             (prefix, self.template.len().min(16))
         } else {
             prefix[..8].copy_from_slice(&seq.to_le_bytes());
@@ -103,6 +111,25 @@ impl Payloads {
             }
         } else {
             Message::Binary(Bytes::from(body))
+        }
+    }
+
+    /// Queues message `seq` on `ws`, put together in `scratch` (a copy of the template kept
+    /// between calls): nothing is allocated per message.
+    fn feed(
+        &self,
+        seq: u64,
+        scratch: &mut [u8],
+        ws: &mut WebSocket<TcpStream>,
+    ) -> Result<(), roost::Error> {
+        self.number(seq, scratch);
+        if self.text {
+            match std::str::from_utf8(scratch) {
+                Ok(text) => ws.feed_text(text),
+                Err(_) => unreachable!("the template and the prefix are ASCII"),
+            }
+        } else {
+            ws.feed_binary(scratch)
         }
     }
 
@@ -244,30 +271,33 @@ async fn pump(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let (mut sent, mut next) = (0u64, 0u64);
+    let mut scratch = payloads.template.clone();
     for _ in 0..in_flight {
-        ws.feed(&payloads.message(sent))?;
+        payloads.feed(sent, &mut scratch, &mut ws)?;
         sent += 1;
     }
     ws.flush().await?;
+    let mut echoes = Vec::with_capacity(in_flight);
     while !stop.load(Relaxed) {
         let Some(first) = ws.recv().await else {
             bail!("the server closed the connection");
         };
         // Take every echo already here first (receiving flushes what is queued, so replies
         // are queued only after), then write all the replies in one go.
-        let mut echoes = vec![first?];
+        echoes.push(first?);
         while let Some(result) = ws.recv().now_or_never().flatten() {
             echoes.push(result?);
         }
-        for echo in echoes.iter().filter(|echo| echo.is_data()) {
-            if !payloads.matches(next, echo) {
+        let before = next;
+        for echo in echoes.drain(..).filter(Message::is_data) {
+            if !payloads.matches(next, &echo) {
                 bail!("echo {next} differs from what was sent");
             }
             next += 1;
-            received.fetch_add(1, Relaxed);
-            ws.feed(&payloads.message(sent))?;
+            payloads.feed(sent, &mut scratch, &mut ws)?;
             sent += 1;
         }
+        received.fetch_add(next - before, Relaxed);
         ws.flush().await?;
     }
     ws.close(None).await?;
@@ -276,4 +306,21 @@ async fn pump(
     })
     .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_payloads_start_with_the_number_in_hex() {
+        let payloads = Payloads::new(40, true);
+        for seq in [0, 9, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let body = payloads.bytes(seq);
+            assert_eq!(&body[..16], format!("{seq:016x}").as_bytes());
+            assert_eq!(&body[16..], &payloads.template[16..]);
+            assert!(payloads.matches_bytes(seq, &body));
+            assert!(!payloads.matches_bytes(seq.wrapping_add(1), &body));
+        }
+    }
 }
