@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicUsize, Ordering::{Relaxed, SeqCst}},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -201,6 +201,7 @@ impl App {
             rooms: Rooms::default(),
             metrics: Metrics::default(),
             shutdown,
+            shutting_down: AtomicBool::new(false),
             peers: Mutex::new(HashMap::new()),
             sleepers,
             runtime: tokio::runtime::Handle::current(),
@@ -273,6 +274,9 @@ pub(crate) struct Shared {
     pub(crate) rooms: Rooms,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// The shutdown has begun: set before every connection is woken to see it, and read
+    /// once per batch (cheaper than the watch's lock).
+    pub(crate) shutting_down: AtomicBool,
     peers: Mutex<HashMap<ConnectionId, Weak<Peer>>>,
     /// Hibernating connections: no task runs for them until [`Shared::wake`].
     pub(crate) sleepers: Sleepers,
@@ -578,6 +582,7 @@ impl Server {
         }
         drop(listener);
         let _ = trigger.send(true);
+        shared.shutting_down.store(true, SeqCst);
         shared.wake_all();
         shared.notify_all();
         if let Some(cluster) = &shared.cluster {

@@ -1192,7 +1192,7 @@ fn hibernate(sleeper: Sleeper) {
     // Input that arrived before the socket was watched is reported by the poll at once; a
     // notice sent before the connection was marked asleep is caught by `needs_task`.
     let (key, watched) = shared.sleepers.insert(sleeper, fd);
-    if watched.is_err() || peer.needs_task() || *shared.shutdown.borrow() {
+    if watched.is_err() || peer.needs_task() || shared.shutting_down.load(SeqCst) {
         shared.wake(key);
     }
 }
@@ -1239,7 +1239,7 @@ async fn drive<H: Handler>(
     idle: &mut Idle,
 ) -> Next {
     let config = &peer.shared.config;
-    let shutdown = &peer.shared.shutdown;
+    let shutdown = &peer.shared.shutting_down;
     // The server's shutdown wakes every connection ([`Peer::notify`]) once the flag is up.
     let mut shutdown_heard = false;
     // The timer lives across the loop instead of being made for every batch (a timer wheel
@@ -1247,7 +1247,7 @@ async fn drive<H: Handler>(
     let mut timer = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut armed: Option<Instant> = None;
     loop {
-        if !shutdown_heard && *shutdown.borrow() {
+        if !shutdown_heard && shutdown.load(SeqCst) {
             shutdown_heard = true;
             peer.close(CloseCode::GOING_AWAY, "server shutting down");
         }
@@ -1329,7 +1329,7 @@ async fn drive<H: Handler>(
         // Dormant with nothing due: the task ends, and the sweeper keeps the timers.
         if peer.state() == ConnState::Dormant
             && deadline > now
-            && !*shutdown.borrow()
+            && !shutdown.load(SeqCst)
             && !peer.needs_task()
             && !just_woke
         {
