@@ -84,21 +84,25 @@ impl Payloads {
 
     /// Writes the number `seq` over the start of `body` (a copy of the template).
     fn number(&self, seq: u64, body: &mut [u8]) {
-        let (prefix, n) = self.prefix(seq);
-        body[..n].copy_from_slice(&prefix[..n]);
+        let n = self.numbered();
+        self.prefix(seq, &mut body[..n]);
     }
 
-    fn prefix(&self, seq: u64) -> ([u8; 16], usize) {
-        let mut prefix = [0u8; 16];
+    /// How many leading bytes carry the number: sixteen hex digits in text, eight
+    /// little-endian bytes in binary, or the whole of a shorter payload.
+    fn numbered(&self) -> usize {
+        self.template.len().min(if self.text { 16 } else { 8 })
+    }
+
+    /// The first `out.len()` bytes of the number `seq` as a payload carries it.
+    fn prefix(&self, seq: u64, out: &mut [u8]) {
         if self.text {
-            // Sixteen hex digits, without the formatting machinery (this runs per message).
-            for (i, digit) in prefix.iter_mut().enumerate() {
+            // Hex digits, without the formatting machinery (this runs per message).
+            for (i, digit) in out.iter_mut().enumerate() {
                 *digit = b"0123456789abcdef"[(seq >> (60 - 4 * i)) as usize & 0xf];
             }
-            (prefix, self.template.len().min(16))
         } else {
-            prefix[..8].copy_from_slice(&seq.to_le_bytes());
-            (prefix, self.template.len().min(8))
+            out.copy_from_slice(&seq.to_le_bytes()[..out.len()]);
         }
     }
 
@@ -142,7 +146,9 @@ impl Payloads {
     }
 
     pub(crate) fn matches_bytes(&self, seq: u64, bytes: &[u8]) -> bool {
-        let (prefix, n) = self.prefix(seq);
+        let n = self.numbered();
+        let mut prefix = [0u8; 16];
+        self.prefix(seq, &mut prefix[..n]);
         bytes.len() == self.template.len()
             && bytes[..n] == prefix[..n]
             && bytes[n..] == self.template[n..]
