@@ -39,10 +39,6 @@ use crate::{
     store::{AttachmentStore, ConnectionId, DirStore, MemoryStore, redis::RedisStore},
 };
 
-/// How long the accept loop waits after a failed accept (out of descriptors, most often)
-/// before it tries again; connections wait in the listen backlog meanwhile.
-const ACCEPT_RETRY: Duration = Duration::from_millis(50);
-
 /// A WebSocket route: its handler, how its rooms are keyed, the subprotocols it speaks.
 pub struct WsRoute {
     handler: Arc<dyn DynHandler>,
@@ -532,8 +528,8 @@ impl Server {
         } = self;
         let mut stop = shared.shutdown.clone();
         tokio::pin!(shutdown);
-        // While accept fails (out of descriptors, most often), when it started and how often.
-        let mut failing: Option<(Instant, u64)> = None;
+        // Out of descriptors, accepting fails: the server keeps serving and tries again.
+        let mut accepting = roost::Accepting::default();
         loop {
             tokio::select! {
                 result = &mut shutdown => {
@@ -545,42 +541,15 @@ impl Server {
                         break;
                     }
                 }
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        if let Some((since, failures)) = failing.take() {
-                            tracing::info!(
-                                failures,
-                                seconds = since.elapsed().as_secs_f64(),
-                                "accepting connections again"
-                            );
-                        }
-                        let task = TaskGuard::new(&shared);
-                        let app = app.clone();
-                        tokio::spawn(async move {
-                            handle_tcp(task, &app, tcp, peer).await;
-                        });
-                    }
-                    Err(error) => {
-                        // Out of file descriptors, most often: keep serving, and accept again
-                        // once connections end and free some.
-                        // Reported once per outage (the metric counts every attempt), then
-                        // again when accepting works.
-                        shared.metrics.accept_errors.fetch_add(1, Relaxed);
-                        match &mut failing {
-                            Some((_, failures)) => *failures += 1,
-                            None => {
-                                tracing::warn!(
-                                    %error,
-                                    "cannot accept connections (EMFILE: raise `ulimit -n`); \
-                                     retrying every {} ms",
-                                    ACCEPT_RETRY.as_millis()
-                                );
-                                failing = Some((Instant::now(), 1));
-                            }
-                        }
-                        tokio::time::sleep(ACCEPT_RETRY).await;
-                    }
-                },
+                (tcp, peer) = accepting.next(&listener, |_| {
+                    shared.metrics.accept_errors.fetch_add(1, Relaxed);
+                }) => {
+                    let task = TaskGuard::new(&shared);
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        handle_tcp(task, &app, tcp, peer).await;
+                    });
+                }
             }
         }
         drop(listener);

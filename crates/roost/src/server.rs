@@ -110,3 +110,61 @@ async fn write_and_close<S: AsyncWrite + Unpin>(
     stream.write_all(bytes).await?;
     stream.shutdown().await
 }
+
+/// Accepts connections from a listener and rides out failures to accept.
+///
+/// Accepting fails mostly when the process is out of file descriptors (EMFILE). A server
+/// should then keep serving the connections it has and accept again once some end (waiting
+/// clients stay in the listen backlog), not exit or spin. [`Accepting::next`] retries every
+/// [`Accepting::RETRY`], says so once per outage (a warning with what to do), and says when
+/// accepting works again.
+#[derive(Debug, Default)]
+pub struct Accepting {
+    /// While accepting fails: when it started and how many attempts failed.
+    outage: Option<(std::time::Instant, u64)>,
+}
+
+impl Accepting {
+    /// How long to wait before accepting again after a failure.
+    pub const RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+    /// The next connection. `on_failure` hears every failed attempt (for a metric).
+    ///
+    /// Cancel-safe: dropped while it waits, it loses no connection.
+    pub async fn next(
+        &mut self,
+        listener: &tokio::net::TcpListener,
+        mut on_failure: impl FnMut(&std::io::Error),
+    ) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+        loop {
+            match listener.accept().await {
+                Ok(accepted) => {
+                    if let Some((since, failures)) = self.outage.take() {
+                        tracing::info!(
+                            failures,
+                            seconds = since.elapsed().as_secs_f64(),
+                            "accepting connections again"
+                        );
+                    }
+                    return accepted;
+                }
+                Err(error) => {
+                    on_failure(&error);
+                    match &mut self.outage {
+                        Some((_, failures)) => *failures += 1,
+                        None => {
+                            tracing::warn!(
+                                %error,
+                                "cannot accept connections (EMFILE: raise `ulimit -n`); \
+                                 retrying every {} ms",
+                                Self::RETRY.as_millis()
+                            );
+                            self.outage = Some((std::time::Instant::now(), 1));
+                        }
+                    }
+                    tokio::time::sleep(Self::RETRY).await;
+                }
+            }
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use roost::Config;
 use tokio::net::{TcpSocket, TcpStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 /// Arguments of `roost serve`.
 #[derive(Debug, clap::Args)]
@@ -119,34 +119,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     info!(app = ?args.app, "listening on {scheme}://{}", listener.local_addr()?);
     let config = Arc::new(config);
     let idle = args.idle();
-    // Failed accepts since the last good one (out of descriptors, most often).
-    let mut failed_accepts = 0u64;
+    // Out of descriptors, accepting fails: the server keeps serving and tries again.
+    let mut accepting = roost::Accepting::default();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    if failed_accepts > 0 {
-                        info!(failures = failed_accepts, "accepting connections again");
-                        failed_accepts = 0;
+            (tcp, peer) = accepting.next(&listener, |_| {}) => {
+                let (config, tls) = (config.clone(), tls.clone());
+                tokio::spawn(async move {
+                    if let Err(error) = serve_connection(tcp, &config, tls, idle).await {
+                        debug!(%peer, %error, "connection ended with an error");
                     }
-                    let (config, tls) = (config.clone(), tls.clone());
-                    tokio::spawn(async move {
-                        if let Err(error) = serve_connection(tcp, &config, tls, idle).await {
-                            debug!(%peer, %error, "connection ended with an error");
-                        }
-                    });
-                }
-                Err(error) => {
-                    // Out of file descriptors and similar: said once, then retried until
-                    // connections end and free some; waiting clients stay in the backlog.
-                    if failed_accepts == 0 {
-                        warn!(%error, "cannot accept connections (EMFILE: raise `ulimit -n`); \
-                                       retrying every 50 ms");
-                    }
-                    failed_accepts += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
+                });
+            }
             _ = tokio::signal::ctrl_c() => {
                 info!("interrupted, stopping");
                 return Ok(());
