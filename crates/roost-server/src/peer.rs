@@ -405,6 +405,12 @@ impl Wakeup {
         self.waker.wake();
     }
 
+    /// Lets go of the task's waker when the task ends: a waker keeps the whole task (its
+    /// future's state, a kilobyte or two) allocated, which a hibernating connection must not.
+    fn forget_task(&self) {
+        drop(self.waker.take());
+    }
+
     /// Ready once per wake (or per run of wakes before the task looked).
     fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         // Registered first, so a wake between the check and the wait is not lost.
@@ -1166,7 +1172,9 @@ async fn drive_then_rest<H: Handler>(
     mut idle: Idle,
     socket: Arc<TcpStream>,
 ) {
-    if drive(&peer, &socket, &*handler, &ws, &room, &mut idle).await == Next::Hibernate {
+    let next = drive(&peer, &socket, &*handler, &ws, &room, &mut idle).await;
+    peer.wake.forget_task();
+    if next == Next::Hibernate {
         drop((ws, room, socket));
         hibernate(Sleeper {
             peer,
@@ -1464,4 +1472,51 @@ async fn call_on_close<H: Handler>(handler: &H, ws: &Ws, code: CloseCode, reason
         .catch_unwind()
         .await
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use super::*;
+
+    /// A waker that counts its wakes; its `Arc` count says who still holds it.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_wakeup_is_kept_for_the_next_look_and_the_ended_task_is_let_go() {
+        let task = Arc::new(Counting::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let wakeup = Wakeup::default();
+
+        // A wake before the task looks is not lost, and counts once.
+        wakeup.wake();
+        wakeup.wake();
+        assert_eq!(wakeup.poll(&mut cx), Poll::Ready(()));
+        assert_eq!(wakeup.poll(&mut cx), Poll::Pending);
+
+        // A wake while the task waits wakes it.
+        wakeup.wake();
+        assert_eq!(task.0.load(SeqCst), 1);
+        assert_eq!(wakeup.poll(&mut cx), Poll::Ready(()));
+
+        // Once the task ends, the wakeup holds no waker: the task's memory can go.
+        assert_eq!(wakeup.poll(&mut cx), Poll::Pending);
+        drop(waker);
+        assert_eq!(
+            Arc::strong_count(&task),
+            2,
+            "the task and the registered waker"
+        );
+        wakeup.forget_task();
+        assert_eq!(Arc::strong_count(&task), 1);
+    }
 }
