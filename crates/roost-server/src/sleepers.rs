@@ -9,7 +9,10 @@
 use std::{
     io,
     os::fd::RawFd,
-    sync::{Mutex, MutexGuard, Weak},
+    sync::{
+        Mutex, MutexGuard, Weak,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
 };
 
 use bytes::Bytes;
@@ -29,9 +32,17 @@ const SCRATCH: usize = 4096;
 /// table would need more entries than memory holds.
 const STOP: Token = Token(usize::MAX);
 
-/// The hibernating connections, each under a key that is also its socket's poll token.
+/// How many independently locked parts the table has: the poll thread answering a sleeper's
+/// socket (reads and writes under the lock), the runtime's threads putting connections to
+/// sleep and waking them, and the sweeper walking them mostly meet in different parts.
+const SHARDS: usize = 16;
+
+/// The hibernating connections, each under a key that is also its socket's poll token. Key
+/// `k` lives in shard `k % SHARDS`, in that shard's slot `k / SHARDS`.
 pub(crate) struct Sleepers {
-    table: Mutex<Slab<Sleeper>>,
+    shards: [Mutex<Slab<Sleeper>>; SHARDS],
+    /// Where the next sleeper goes: round the shards in turn.
+    next_shard: AtomicUsize,
     registry: mio::Registry,
     /// Stops the waker thread when the server is gone.
     stop: mio::Waker,
@@ -51,26 +62,31 @@ impl Sleepers {
         let registry = poll.registry().try_clone()?;
         let stop = mio::Waker::new(&registry, STOP)?;
         let sleepers = Sleepers {
-            table: Mutex::new(Slab::new()),
+            shards: std::array::from_fn(|_| Mutex::new(Slab::new())),
+            next_shard: AtomicUsize::new(0),
             registry,
             stop,
         };
         Ok((sleepers, poll))
     }
 
-    fn table(&self) -> MutexGuard<'_, Slab<Sleeper>> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    /// The shard that holds `key` (or one to insert into), locked.
+    fn shard(&self, key: usize) -> MutexGuard<'_, Slab<Sleeper>> {
+        self.shards[key % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Keeps `sleeper`, its socket `fd` watched for input, and returns its key. `Err` if the
     /// socket cannot be watched (or there is none): the sleeper is kept all the same, and the
     /// caller wakes it.
     pub(crate) fn insert(&self, sleeper: Sleeper, fd: Option<RawFd>) -> (usize, io::Result<()>) {
-        // All under the table's lock: a wake-up for this key, which takes the lock, always
+        // All under the shard's lock: a wake-up for this key, which takes the lock, always
         // finds the connection marked with its key and its socket registered.
-        let mut table = self.table();
+        let shard = self.next_shard.fetch_add(1, Relaxed) % SHARDS;
+        let mut table = self.shard(shard);
         let entry = table.vacant_entry();
-        let key = entry.key();
+        let key = entry.key() * SHARDS + shard;
         sleeper.mark_asleep(key);
         let watched = match fd {
             Some(fd) => self
@@ -84,21 +100,23 @@ impl Sleepers {
 
     /// Takes the sleeper under `key`, if it is still there.
     pub(crate) fn remove(&self, key: usize) -> Option<Sleeper> {
-        self.table().try_remove(key)
+        self.shard(key).try_remove(key / SHARDS)
     }
 
-    /// Lets the sleeper under `key` hear its socket's input ([`Sleeper::hear`]), under the
-    /// table's lock; takes it out when it must wake, with the input its task takes first.
+    /// Lets the sleeper under `key` hear its socket's input ([`Sleeper::hear`]), under its
+    /// shard's lock; takes it out when it must wake, with the input its task takes first.
     /// `None` if it sleeps on, or is no longer there.
     pub(crate) fn hear(&self, key: usize, scratch: &mut [u8]) -> Option<(Sleeper, Bytes)> {
-        let mut table = self.table();
-        let input = table.get_mut(key)?.hear(scratch)?;
-        Some((table.remove(key), input))
+        let mut table = self.shard(key);
+        let input = table.get_mut(key / SHARDS)?.hear(scratch)?;
+        Some((table.remove(key / SHARDS), input))
     }
 
     /// Takes every sleeper.
     pub(crate) fn drain(&self) -> Vec<Sleeper> {
-        self.table().drain().collect()
+        (0..SHARDS)
+            .flat_map(|shard| self.shard(shard).drain().collect::<Vec<_>>())
+            .collect()
     }
 
     /// Stops watching a woken connection's socket, before the runtime's reactor takes it.
@@ -107,10 +125,12 @@ impl Sleepers {
         let _ = self.registry.deregister(&mut SourceFd(&fd));
     }
 
-    /// Runs `f` on each sleeper, with its key, under the table's lock.
+    /// Runs `f` on each sleeper, with its key, under its shard's lock (one shard at a time).
     pub(crate) fn for_each(&self, mut f: impl FnMut(usize, &mut Sleeper)) {
-        for (key, sleeper) in self.table().iter_mut() {
-            f(key, sleeper);
+        for shard in 0..SHARDS {
+            for (slot, sleeper) in self.shard(shard).iter_mut() {
+                f(slot * SHARDS + shard, sleeper);
+            }
         }
     }
 }
