@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "bench" / "peers"
@@ -189,9 +189,49 @@ def measured_load(command: list[str], server: subprocess.Popen, timeout: float) 
     return json.loads(done.stdout.strip().splitlines()[-1]), load_cpu, server_cpu
 
 
+def run_rounds(results: dict[str, Result], runs: int,
+               run: Callable[[str], tuple[float, float, float]]) -> None:
+    """Runs each stack (or client) `runs` times into its result, round by round: every one
+    once per round, so that a slow spell of the shared machine weighs on all of them alike
+    instead of on the one whose runs it fell on. Those not built are left as they are."""
+    for _ in range(runs):
+        for name, result in results.items():
+            if result.error and result.error.startswith("not built"):
+                continue
+            try:
+                value, load_cpu, server_cpu = run(name)
+                result.values.append(value)
+                result.cpu.append(load_cpu)
+                result.server_cpu.append(server_cpu)
+            except Exception as error:  # noqa: BLE001 - reported in the table
+                result.error = str(error)[:120]
+
+
+def time_wait_sockets() -> int:
+    """TCP sockets in TIME_WAIT on this machine (/proc/net/sockstat), 0 if unknown."""
+    try:
+        fields = Path("/proc/net/sockstat").read_text().split("TCP:", 1)[1].split("\n", 1)[0]
+        words = fields.split()
+        return int(words[words.index("tw") + 1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def settle() -> None:
+    """Waits (at most 75 s) for the TIME_WAIT sockets of earlier runs to expire. The idle
+    scenario closes tens of thousands of connections; while their TIME_WAIT entries last
+    (60 s), every new connection's ephemeral port search walks them, and the connect
+    scenario measured right after showed a generator busy in the kernel at a seventh of its
+    rate, for whichever stack came first."""
+    deadline = time.monotonic() + 75
+    while time_wait_sockets() > 1000 and time.monotonic() < deadline:
+        time.sleep(1)
+
+
 def run_once(stack: str, scenario: Scenario, duration: int, warmup: int) -> tuple[float, float, float]:
     """One run of `scenario` against `stack`: its figure, and the load's and the server's CPU
     use ([`measured_load`])."""
+    settle()
     with serving(STACKS[stack]) as (addr, server):
         args = list(scenario.args)
         if stack == "raw-tcp":
@@ -207,6 +247,7 @@ def run_once(stack: str, scenario: Scenario, duration: int, warmup: int) -> tupl
 
 def run_client_once(client: str, duration: int, warmup: int) -> tuple[float, float, float]:
     """One run of the client scenario: msgs/s, and the client's and the server's CPU use."""
+    settle()
     with serving(STACKS["roost"]) as (addr, server):
         command = pin(1, [*CLIENTS[client], "--url", f"ws://{addr}/", "--duration", str(duration),
                           "--warmup", str(warmup)])
@@ -516,7 +557,8 @@ def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
     out = ["# Performance", "",
            "Measured by `python3 bench/run.py` (this file is its output; do not edit by hand).",
            f"Machine: {machine()}. Server pinned to core 0, load generator (`roost bench`) to "
-           f"core 1. {args.runs} run(s) per stack and scenario, median shown; "
+           f"core 1. {args.runs} run(s) per stack and scenario, taken in rounds (each stack once "
+           "per round, so a slow spell of the machine weighs on all alike), median shown; "
            f"{args.duration} s measured after {args.warmup} s of warm-up. The machine is shared: "
            "compare ratios within this file, not across runs. Server CPU and load CPU are "
            "each side's CPU time over the run's wall time (medians; 1.00 = its core busy all "
@@ -601,46 +643,32 @@ def main() -> int:
     for scenario in SCENARIOS:
         if only and scenario.name not in only:
             continue
-        results[scenario.name] = {}
+        runnable = {}
         for stack in stacks:
             if stack == "raw-tcp" and not scenario.raw_tcp:
                 continue
             if scenario.stacks and stack not in scenario.stacks:
                 continue
-            result = Result()
+            result = runnable[stack] = Result()
             binary = STACKS[stack][0]
             if not (shutil.which(binary) or Path(binary).exists()):
                 result.error = f"not built ({binary})"
-            else:
-                for _ in range(args.runs):
-                    try:
-                        value, load_cpu, server_cpu = run_once(stack, scenario, args.duration,
-                                                               args.warmup)
-                        result.values.append(value)
-                        result.cpu.append(load_cpu)
-                        result.server_cpu.append(server_cpu)
-                    except Exception as error:  # noqa: BLE001 - reported in the table
-                        result.error = str(error)[:120]
-            results[scenario.name][stack] = result
+        run_rounds(runnable, args.runs,
+                   lambda stack: run_once(stack, scenario, args.duration, args.warmup))
+        results[scenario.name] = runnable
+        for stack, result in runnable.items():
             shown = f"{result.median:,.1f}" if result.median is not None else result.error
             print(f"{scenario.name:>10} {stack:>18}: {shown}", flush=True)
     if not only or "client" in only:
-        results["client"] = {}
+        runnable = {}
         for client, command in CLIENTS.items():
-            result = Result()
+            result = runnable[client] = Result()
             if not Path(command[0]).exists():
                 result.error = f"not built ({command[0]})"
-            else:
-                for _ in range(args.runs):
-                    try:
-                        rate, cpu, server_cpu = run_client_once(client, args.duration,
-                                                                args.warmup)
-                        result.values.append(rate)
-                        result.cpu.append(cpu)
-                        result.server_cpu.append(server_cpu)
-                    except Exception as error:  # noqa: BLE001 - reported in the table
-                        result.error = str(error)[:120]
-            results["client"][client] = result
+        run_rounds(runnable, args.runs,
+                   lambda client: run_client_once(client, args.duration, args.warmup))
+        results["client"] = runnable
+        for client, result in runnable.items():
             shown = f"{result.median:,.1f}" if result.median is not None else result.error
             print(f"    client {client:>18}: {shown}", flush=True)
     if not only or "micro" in only:
