@@ -14,8 +14,9 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let block = repeat(key);
     let mut chunks = buf.chunks_exact_mut(16);
     for chunk in &mut chunks {
-        let word = u128::from_ne_bytes(chunk.try_into().unwrap_or_default()) ^ block;
-        chunk.copy_from_slice(&word.to_ne_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u128::from_ne_bytes(bytes) ^ block).to_ne_bytes());
     }
     for (byte, k) in chunks.into_remainder().iter_mut().zip(key.iter().cycle()) {
         *byte ^= k;
@@ -30,8 +31,9 @@ pub fn copy_masked(dst: &mut [u8], src: &[u8], key: [u8; 4]) {
     let mut to = dst.chunks_exact_mut(16);
     let mut from = src.chunks_exact(16);
     for (to, from) in (&mut to).zip(&mut from) {
-        let word = u128::from_ne_bytes(from.try_into().unwrap_or_default()) ^ block;
-        to.copy_from_slice(&word.to_ne_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(from);
+        to.copy_from_slice(&(u128::from_ne_bytes(bytes) ^ block).to_ne_bytes());
     }
     let tail = to.into_remainder().iter_mut().zip(from.remainder());
     for ((to, from), k) in tail.zip(key.iter().cycle()) {

@@ -57,6 +57,38 @@ async fn messages_round_trip_and_both_sides_see_a_clean_close() {
 }
 
 #[tokio::test]
+async fn messages_fed_from_borrowed_data_leave_in_order_with_one_flush() {
+    let (listener, url) = listener().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        echo(roost::accept(tcp).await.unwrap()).await
+    });
+    let (mut ws, _) = within(roost::connect(&url)).await.unwrap();
+    let big = vec![7u8; 5000];
+    ws.feed_text("borrowed").unwrap();
+    ws.feed_binary(&[1, 2, 3]).unwrap();
+    ws.feed_binary(&big).unwrap();
+    ws.feed(&Message::text("owned")).unwrap();
+    within(ws.flush()).await.unwrap();
+    for expected in [
+        Message::text("borrowed"),
+        Message::binary(vec![1u8, 2, 3]),
+        Message::binary(big.clone()),
+        Message::text("owned"),
+    ] {
+        assert_eq!(next_data(&mut ws).await, expected);
+    }
+    within(ws.close(None)).await.unwrap();
+    while within(ws.recv()).await.is_some() {}
+    // Once our close is out, feeding is refused as a closed connection, not a misuse.
+    assert!(matches!(
+        ws.feed_text("late"),
+        Err(roost::Error::ConnectionClosed)
+    ));
+    within(server).await.unwrap();
+}
+
+#[tokio::test]
 async fn split_halves_work_from_two_tasks_and_still_answer_pings() {
     let (listener, url) = listener().await;
     // The server pings, then waits for the pong before echoing anything.
