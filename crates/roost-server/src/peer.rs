@@ -1327,7 +1327,10 @@ async fn drive<H: Handler>(
         if !idle.pinged {
             deadline = deadline.min(last_input + config.ping_interval);
         }
-        if peer.state() != ConnState::Dormant {
+        let queued = peer.has_queued();
+        // Dormancy waits for the queue to drain (the socket's readiness says when): with it
+        // as a deadline, a quiet peer that does not read made the timer fire every tick.
+        if peer.state() != ConnState::Dormant && !queued {
             deadline = deadline.min(last_input + config.dormant_after);
         }
         if let Some(close_deadline) = close_deadline {
@@ -1351,7 +1354,6 @@ async fn drive<H: Handler>(
             timer.as_mut().reset(deadline.into());
             armed = Some(deadline);
         }
-        let queued = peer.has_queued();
         let woke = std::future::poll_fn(|cx| {
             use std::task::Poll;
             if peer.wake.poll(cx).is_ready() {
