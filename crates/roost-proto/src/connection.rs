@@ -346,11 +346,20 @@ impl Connection {
     /// Parses the input buffer until it is used up, more bytes are needed or an event is
     /// produced.
     fn parse(&mut self) {
+        self.parse_from(false);
+    }
+
+    /// [`Connection::parse`]; `whole_tried`: the caller just found that the next frame does
+    /// not take the short way ([`Connection::whole_message`]), so its header is not decoded
+    /// twice.
+    fn parse_from(&mut self, mut whole_tried: bool) {
         while matches!(self.read, ReadState::Open)
             && self.events.is_empty()
             && !self.input.is_empty()
         {
-            if let Some(message) = self.whole_message() {
+            if !std::mem::take(&mut whole_tried)
+                && let Some(message) = self.whole_message()
+            {
                 self.events.push_back(Event::Message(message));
                 break;
             }
@@ -734,7 +743,7 @@ impl Connection {
             if let Some(message) = self.whole_message() {
                 return Some(Event::Message(message));
             }
-            self.parse();
+            self.parse_from(true);
         }
         self.events.pop_front()
     }

@@ -44,6 +44,20 @@ async fn listener() -> (TcpListener, String) {
     (listener, url)
 }
 
+/// An echo server for one connection (default handshake) and its ws:// URL; the task hands
+/// back the server's side once the connection ends.
+async fn echo_server() -> (
+    tokio::task::JoinHandle<WebSocket<tokio::net::TcpStream>>,
+    String,
+) {
+    let (listener, url) = listener().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        echo(roost::accept(tcp).await.unwrap()).await
+    });
+    (server, url)
+}
+
 /// The host:port part of a ws:// URL made by [`listener`].
 fn addr_of(url: &str) -> String {
     url.trim_start_matches("ws://")

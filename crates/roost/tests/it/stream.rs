@@ -8,15 +8,11 @@ use roost::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{addr_of, echo, listener, next_data, upgrade_request, within};
+use super::{addr_of, echo, echo_server, listener, next_data, upgrade_request, within};
 
 #[tokio::test]
 async fn messages_round_trip_and_both_sides_see_a_clean_close() {
-    let (listener, url) = listener().await;
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        echo(roost::accept(tcp).await.unwrap()).await
-    });
+    let (server, url) = echo_server().await;
     let (mut ws, response) = within(roost::connect(&url)).await.unwrap();
     assert_eq!(response.status(), 101);
     assert!(
@@ -58,11 +54,7 @@ async fn messages_round_trip_and_both_sides_see_a_clean_close() {
 
 #[tokio::test]
 async fn messages_fed_from_borrowed_data_leave_in_order_with_one_flush() {
-    let (listener, url) = listener().await;
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        echo(roost::accept(tcp).await.unwrap()).await
-    });
+    let (server, url) = echo_server().await;
     let (mut ws, _) = within(roost::connect(&url)).await.unwrap();
     let big = vec![7u8; 5000];
     ws.feed_text("borrowed").unwrap();
