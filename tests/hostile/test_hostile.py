@@ -319,10 +319,20 @@ class RawWs:
         rcvbuf: int | None = None,
         named: bool = True,
     ) -> "RawWs":
-        """Connects and upgrades; on chat, also says its name (the app's first message)."""
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=READ_TIMEOUT)
+        """Connects and upgrades; on chat, also says its name (the app's first message).
+        `rcvbuf` is set before connecting, as tcp(7) asks: shrunk on an open connection, the
+        buffer can no longer hold the window already advertised, the kernel drops data it
+        promised room for, and the window updates behind that data are discarded with it
+        (our own sends then stall for seconds of retransmission back-off)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(READ_TIMEOUT)
+        try:
+            sock.connect(("127.0.0.1", server.port))
+        except OSError:
+            sock.close()
+            raise
         extra = [f"Sec-WebSocket-Extensions: {extensions}"] if extensions else []
         sock.sendall(upgrade_request(server, target=target, extra=extra))
         answer = read_http_answer(sock, time.monotonic(), READ_TIMEOUT)
@@ -1082,7 +1092,9 @@ def ping_flood(server: Server) -> Observed:
             try:
                 got = ws.read_frame(3)
             except (TimeoutError, ConnectionResetError) as exc:
-                return Observed(f"no answer ({type(exc).__name__})")
+                return Observed(f"no answer ({type(exc).__name__})",
+                                detail=f"{pongs} pongs in {time.monotonic() - started:.1f} s; "
+                                       f"send error {error or 'none'}")
             if got is None:
                 return Observed("end of stream without close frame",
                                 detail=f"{pongs} pongs; send error {error or 'none'}")
@@ -1418,7 +1430,8 @@ def measure_and_record(case: Case, server: Server, recorder: Recorder,
     if group_rss:
         peak_delta = max(peak_delta, group_rss[1] - group_rss[0])
     if seen.outcome != case.expected:
-        problems.append(f"expected {case.expected!r}, observed {seen.outcome!r}")
+        problems.append(f"expected {case.expected!r}, observed {seen.outcome!r}"
+                        + (f" ({seen.detail})" if seen.detail else ""))
     if not alive:
         problems.append(f"the server died:\n{server.log_text()[-2000:]}")
     elif not fresh_ok and not any(p.startswith("a fresh") for p in problems):
