@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::Error;
 
 /// Bytes read from the socket per read call.
-const READ_CHUNK: usize = 32 << 10;
+const READ_CHUNK: usize = 64 << 10;
 
 /// Most pieces of output one vectored write takes.
 const MAX_WRITE_SLICES: usize = 16;
