@@ -10,8 +10,11 @@ use std::{hint::black_box, time::Instant};
 use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use roost_proto::{
-    Config, Connection, DeflateConfig, DeflateParams, Negotiated, deflate::DeflateCodec,
-    frame::FrameHeader, mask::apply_mask, utf8::Utf8Validator,
+    Config, Connection, DeflateConfig, DeflateParams, Negotiated, OpCode,
+    deflate::DeflateCodec,
+    frame::{FrameHeader, encode_frame},
+    mask::apply_mask,
+    utf8::Utf8Validator,
 };
 
 fn mask(c: &mut Criterion) {
@@ -21,6 +24,31 @@ fn mask(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
             b.iter(|| apply_mask(black_box(&mut data), [1, 2, 3, 4], 0));
+        });
+    }
+    group.finish();
+}
+
+/// A client's framing: each frame's payload masked while it is copied into the output.
+fn encode_masked(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode_masked");
+    for size in [64usize, 16 << 10] {
+        let payload = vec![0x5a; size];
+        let mut out = BytesMut::with_capacity(size + 14);
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
+            b.iter(|| {
+                out.clear();
+                encode_frame(
+                    &mut out,
+                    OpCode::Binary,
+                    true,
+                    false,
+                    Some([1, 2, 3, 4]),
+                    black_box(&payload),
+                );
+                black_box(out.len())
+            });
         });
     }
     group.finish();
@@ -126,6 +154,7 @@ fn connection_receive(c: &mut Criterion) {
 criterion_group!(
     benches,
     mask,
+    encode_masked,
     frame_header,
     utf8,
     deflate,
