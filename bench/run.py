@@ -448,13 +448,16 @@ TARGETS = [
      "the same: raw TCP's server does no protocol work (23-38 ns of user time per message), "
      "and the generator in raw mode frames nothing (55-68 ns against 147-167)"),
     ("echo16k", ["raw-tcp"], 0.9, "echo 16 KiB: >= 0.9x raw TCP",
-     "the load generator is the limit (CPU columns), and runs spread widely on this machine "
-     "(roost's three here: 1,415 to 1,698 MiB/s). In two paired runs the generator spent 117 "
-     "us per MiB in user space driving roost and 89-97 driving raw TCP (it masks while it "
-     "copies each payload, where raw TCP's only copies), beside 350-550 us in the kernel; "
-     "they gave roost 2,058 and 1,471 MiB/s, raw TCP 2,399 and 2,242. roost's server copies "
-     "no payload in user space (a message is a slice of the read buffer and goes back out as "
-     "its own writev piece); its user time, unmasking and bookkeeping, was 56-63 us per MiB"),
+     "the load generator is the limit (CPU columns), and runs spread on this machine: this "
+     "table's three rounds gave roost 0.96, 0.89 and 0.91 of raw TCP. The table was measured "
+     "again on its own after roost's client went from 32 KiB to 64 KiB per read (the other "
+     "tables are from the full run): five paired runs before and after that change gave "
+     "1,792-1,991 and 2,042-2,298 MiB/s, and four paired runs against raw TCP 0.92-0.96. Per "
+     "MiB the generator spends 91-114 us in user space driving roost and 83-100 driving raw "
+     "TCP (it masks each payload while it copies it: 636 ns per 16 KiB frame in criterion), "
+     "beside 320-360 us in the kernel either way. roost's server copies no payload in user "
+     "space (a message is a slice of the read buffer and goes back out as its own writev "
+     "piece); its user time, unmasking and bookkeeping, is 55-64 us per MiB"),
     ("latency", None, 1.0, "latency p99: no worse than the best",
      "each round trip wakes the connection's task (one epoll wake-up, one recv, one writev)"),
     ("broadcast", ["bun"], 1.3, "broadcast: >= 1.3x Bun",
