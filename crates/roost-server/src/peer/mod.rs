@@ -10,8 +10,7 @@
 //! ends; what is left is the [`Peer`] and a [`Sleeper`] in the server's table. Input on the
 //! socket, a send that has to wait, a close or the server's shutdown starts a new task for it
 //! ([`Shared::wake`]); the server's sweeper sends its keepalive pings and wakes it at its idle
-//! timeout. Three kinds of code write to a
-//! connection:
+//! timeout. Three kinds of code write to a connection:
 //! - its own task (pongs, close replies, auto-responses, the handler's sends);
 //! - any task holding a [`crate::Ws`] (sends from other connections' handlers);
 //! - broadcasts, which encode a frame once and hand the same bytes to every member.
