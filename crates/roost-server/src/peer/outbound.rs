@@ -16,6 +16,9 @@ use tokio::net::TcpStream;
 use super::{CORK_LIMIT, Peer};
 use crate::BackpressurePolicy;
 
+/// Most queued buffers one vectored write takes.
+const MAX_WRITE_SLICES: usize = 64;
+
 /// A connection's socket: registered with the runtime while a task runs for it, out of it
 /// while it hibernates. Writes go through whichever form it has, always under the outbound
 /// lock; only the connection's task reads.
@@ -81,6 +84,26 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
+    /// Takes `written` bytes, just written to the socket, off the front of the queue.
+    fn consume(&mut self, written: usize) {
+        self.queued -= written;
+        let mut left = written;
+        while left > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                self.queue.pop_front();
+                self.front_started = false;
+            } else {
+                *front = front.slice(left..);
+                self.front_started = true;
+                left = 0;
+            }
+        }
+    }
+
     /// Drops what waits, except the rest of a frame already partly written.
     fn discard(&mut self) {
         let keep = if self.front_started {
@@ -290,41 +313,20 @@ impl Peer {
     /// Writes queued bytes until the queue is empty or the socket would block, many buffers
     /// per system call.
     pub(super) fn flush_ready(&self) -> io::Result<()> {
-        loop {
-            let written = {
-                let out = self.out();
-                if out.queue.is_empty() {
-                    return Ok(());
-                }
-                let slices: Vec<io::IoSlice<'_>> = out
-                    .queue
-                    .iter()
-                    .take(64)
-                    .map(|b| io::IoSlice::new(b))
-                    .collect();
-                match out.socket.try_write_vectored(&slices) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) => return Err(e),
-                }
-            };
-            let mut out = self.out();
-            out.queued -= written;
-            let mut left = written;
-            while left > 0 {
-                let Some(front) = out.queue.front_mut() else {
-                    break;
-                };
-                if front.len() <= left {
-                    left -= front.len();
-                    out.queue.pop_front();
-                    out.front_started = false;
-                } else {
-                    *front = front.slice(left..);
-                    out.front_started = true;
-                    left = 0;
-                }
+        let mut out = self.out();
+        while !out.queue.is_empty() {
+            let mut slices = [io::IoSlice::new(&[]); MAX_WRITE_SLICES];
+            let mut n = 0;
+            for (slot, bytes) in slices.iter_mut().zip(&out.queue) {
+                *slot = io::IoSlice::new(bytes);
+                n += 1;
+            }
+            match out.socket.try_write_vectored(&slices[..n]) {
+                Ok(written) => out.consume(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
 }
