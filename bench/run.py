@@ -449,9 +449,10 @@ TARGETS = [
      "and the generator in raw mode frames nothing (55-68 ns against 147-167)"),
     ("echo16k", ["raw-tcp"], 0.9, "echo 16 KiB: >= 0.9x raw TCP",
      "the load generator is the limit (CPU columns), and runs spread on this machine: this "
-     "table's three rounds gave roost 0.96, 0.89 and 0.91 of raw TCP. The table was measured "
-     "again on its own after roost's client went from 32 KiB to 64 KiB per read (the other "
-     "tables are from the full run): five paired runs before and after that change gave "
+     "table's three rounds gave roost 0.96, 0.89 and 0.91 of raw TCP. This table and the "
+     "client's were measured again on their own after roost's client went from 32 KiB to 64 "
+     "KiB per read (the other tables are from the full run): five paired runs before and "
+     "after that change gave "
      "1,792-1,991 and 2,042-2,298 MiB/s, and four paired runs against raw TCP 0.92-0.96. Per "
      "MiB the generator spends 91-114 us in user space driving roost and 83-100 driving raw "
      "TCP (it masks each payload while it copies it: 636 ns per 16 KiB frame in criterion), "
