@@ -458,7 +458,8 @@ TARGETS = [
      "TCP (it masks each payload while it copies it: 636 ns per 16 KiB frame in criterion), "
      "beside 300-365 us in the kernel either way. roost's server copies no payload in user "
      "space (a message is a slice of the read buffer and goes back out as its own writev "
-     "piece); its user time, unmasking and bookkeeping, is 54-64 us per MiB in most runs (83 in one)"),
+     "piece); its user time, unmasking and bookkeeping, is 54-64 us per MiB in most runs "
+     "(83 in one)"),
     ("latency", None, 1.0, "latency p99: no worse than the best",
      "each round trip wakes the connection's task (one epoll wake-up, one recv, one writev)"),
     ("broadcast", ["bun"], 1.3, "broadcast: >= 1.3x Bun",
