@@ -79,6 +79,9 @@ pub struct WebSocket<S> {
     connection: Connection,
     protocol: Option<String>,
     buf: Box<[u8]>,
+    /// The transport is known to have no read timeout: reads without a deadline need not
+    /// clear it again (a system call each). False at first: the stream's setting is not known.
+    no_read_timeout: bool,
     shut_down: bool,
 }
 
@@ -93,6 +96,7 @@ impl<S: Transport> WebSocket<S> {
             connection,
             protocol: None,
             buf: vec![0; 32 << 10].into(),
+            no_read_timeout: false,
             shut_down: false,
         }
     }
@@ -148,7 +152,12 @@ impl<S: Transport> WebSocket<S> {
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1))
             });
-            self.io.set_read_timeout(timeout)?;
+            // A deadline's timeout shrinks as it nears, so it is set for every read; the
+            // common case, no deadline, is set once.
+            if timeout.is_some() || !self.no_read_timeout {
+                self.io.set_read_timeout(timeout)?;
+                self.no_read_timeout = timeout.is_none();
+            }
             match self.io.read(&mut self.buf) {
                 Ok(0) => self.connection.receive_eof(),
                 Ok(n) => self.connection.receive(&self.buf[..n], Instant::now()),

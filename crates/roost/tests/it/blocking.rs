@@ -1,10 +1,17 @@
 //! The blocking driver over std::net.
 
-use roost::{CloseCode, CloseFrame, CloseInitiator, Message, blocking};
+use std::{
+    io::{self, Read as _, Write as _},
+    net::{Shutdown, TcpListener, TcpStream},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use roost::{CloseCode, CloseFrame, CloseInitiator, Config, Message, Negotiated, blocking};
 
 #[test]
 fn blocking_client_and_server_echo_and_close() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
         let (tcp, _) = listener.accept().unwrap();
@@ -56,4 +63,115 @@ fn a_blocking_async_mix_interoperates() {
     ws.close(None).unwrap();
     while ws.read().unwrap().is_some() {}
     server.join().unwrap();
+}
+
+/// The read timeouts set on a transport, in order.
+type Timeouts = Arc<Mutex<Vec<Option<Duration>>>>;
+
+/// A TCP stream that records the read timeouts set on it.
+struct RecordingTimeouts {
+    tcp: TcpStream,
+    set: Timeouts,
+}
+
+impl io::Read for RecordingTimeouts {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl io::Write for RecordingTimeouts {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+impl blocking::Transport for RecordingTimeouts {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set.lock().unwrap().push(timeout);
+        self.tcp.set_read_timeout(timeout)
+    }
+
+    fn shutdown(&mut self) -> io::Result<()> {
+        self.tcp.shutdown(Shutdown::Write)
+    }
+}
+
+/// A blocking server over [`RecordingTimeouts`], and the raw client socket talking to it.
+fn recorded_server(
+    config: Config,
+) -> (blocking::WebSocket<RecordingTimeouts>, TcpStream, Timeouts) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (tcp, _) = listener.accept().unwrap();
+    let set = Arc::default();
+    let transport = RecordingTimeouts {
+        tcp,
+        set: Arc::clone(&set),
+    };
+    let ws = blocking::WebSocket::server(transport, config, Negotiated::default());
+    (ws, client, set)
+}
+
+/// A masked client frame, as a client sends it.
+fn masked_text(text: &str) -> Vec<u8> {
+    let key = [9, 8, 7, 6];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&key);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
+}
+
+#[test]
+fn reads_without_a_deadline_set_the_socket_timeout_once() {
+    let (mut ws, mut client, set) = recorded_server(Config::default());
+    for i in 0..20 {
+        let text = format!("message {i}");
+        // One message per read: the next is sent only once the echo came back.
+        client.write_all(&masked_text(&text)).unwrap();
+        let message = ws.read().unwrap().unwrap();
+        assert_eq!(message, Message::text(text.as_str()));
+        ws.send(message).unwrap();
+        let mut echo = vec![0; 2 + text.len()];
+        client.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo[2..], text.as_bytes());
+    }
+    // Whatever the stream had is cleared once, then left alone: no system call per read.
+    assert_eq!(*set.lock().unwrap(), [None]);
+}
+
+#[test]
+fn a_silent_peer_cannot_hold_a_blocking_close_open() {
+    let close_timeout = Duration::from_millis(300);
+    let config = Config::builder()
+        .close_timeout(close_timeout)
+        .build()
+        .unwrap();
+    let (mut ws, _client, set) = recorded_server(config);
+    let started = Instant::now();
+    ws.close(None).unwrap();
+    // The client never answers: the read gives up at the close deadline.
+    while ws.read().unwrap().is_some() {}
+    let waited = started.elapsed();
+    assert!(waited >= close_timeout, "gave up after {waited:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    // As the sans-IO core reports a close handshake that never completed.
+    let status = ws.close_status().unwrap();
+    assert_eq!(
+        (status.initiator, status.code),
+        (CloseInitiator::Lost, CloseCode::ABNORMAL)
+    );
+    // Each read waited for what was left of the deadline.
+    let set = set.lock().unwrap();
+    assert!(
+        !set.is_empty()
+            && set
+                .iter()
+                .all(|timeout| timeout.is_some_and(|t| t <= close_timeout)),
+        "{set:?}"
+    );
 }
