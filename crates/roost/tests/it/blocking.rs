@@ -117,8 +117,13 @@ fn recorded_server(
     (ws, client, set)
 }
 
-/// A masked client frame, as a client sends it.
+/// A masked client text frame, as a client sends it (payloads under 126 bytes: the length
+/// fits the first header byte).
 fn masked_text(text: &str) -> Vec<u8> {
+    assert!(
+        text.len() < 126,
+        "a longer payload needs an extended length"
+    );
     let key = [9, 8, 7, 6];
     let mut frame = vec![0x81, 0x80 | text.len() as u8];
     frame.extend_from_slice(&key);
