@@ -156,7 +156,13 @@ fn a_silent_peer_cannot_hold_a_blocking_close_open() {
         .close_timeout(close_timeout)
         .build()
         .unwrap();
-    let (mut ws, _client, set) = recorded_server(config);
+    let (mut ws, client, set) = recorded_server(config);
+    // Bounds the test should the deadline stop bounding reads: the client hangs up after
+    // 10 s, which ends the read and fails the check on the time waited below.
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(10));
+        let _ = client.shutdown(Shutdown::Both);
+    });
     let started = Instant::now();
     ws.close(None).unwrap();
     // The client never answers: the read gives up at the close deadline.
