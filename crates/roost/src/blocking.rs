@@ -161,19 +161,9 @@ impl<S: Transport> WebSocket<S> {
             match self.io.read(&mut self.buf) {
                 Ok(0) => self.connection.receive_eof(),
                 Ok(n) => self.connection.receive(&self.buf[..n], Instant::now()),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    self.connection.on_deadline(Instant::now());
-                }
+                Err(e) if is_timeout(&e) => self.connection.on_deadline(Instant::now()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.connection.receive_eof();
-                    return Err(Error::Io(e));
-                }
+                Err(e) => return Err(self.lost(e)),
             }
         }
     }
@@ -199,19 +189,40 @@ impl<S: Transport> WebSocket<S> {
     }
 
     /// Writes everything queued.
+    ///
+    /// A write that times out (a write timeout set on the stream) or would block returns its
+    /// error with the output still consistent: what went out is not sent again, and a later
+    /// call carries on from there. Any other write error means the connection is lost: its
+    /// queued output is dropped and [`WebSocket::read`] then returns `Ok(None)`.
     pub fn flush(&mut self) -> Result<(), Error> {
         if self.connection.pending_output_len() == 0 {
             return Ok(());
         }
-        // Piece by piece: a payload sent without a copy is a piece of its own.
+        // Piece by piece: a payload sent without a copy is a piece of its own. Each write is
+        // accounted for at once, so a write failing halfway does not repeat bytes later.
         while self.connection.pending_output_len() > 0 {
-            let pending = self.connection.pending_output();
-            let written = pending.len();
-            self.io.write_all(pending)?;
-            self.connection.consume_output(written);
+            match self.io.write(self.connection.pending_output()) {
+                Ok(0) => return Err(self.lost(io::ErrorKind::WriteZero.into())),
+                Ok(written) => self.connection.consume_output(written),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Err(Error::Io(e)),
+                Err(e) => return Err(self.lost(e)),
+            }
         }
-        self.io.flush()?;
-        Ok(())
+        match self.io.flush() {
+            Ok(()) => Ok(()),
+            Err(e) if is_timeout(&e) => Err(Error::Io(e)),
+            Err(e) => Err(self.lost(e)),
+        }
+    }
+
+    /// The transport failed: the connection is over, and what it still had to send is
+    /// dropped (it would fail again on every later call).
+    fn lost(&mut self, error: io::Error) -> Error {
+        self.connection.receive_eof();
+        let pending = self.connection.pending_output_len();
+        self.connection.consume_output(pending);
+        Error::Io(error)
     }
 }
 
@@ -273,21 +284,42 @@ pub fn connect(url: &str) -> Result<WebSocket<Box<dyn Transport + Send>>, Error>
         host,
         port,
     } = Target::parse(url)?;
-    let tcp = TcpStream::connect((host.as_str(), port))?;
+    let config = Config::default();
+    let deadline = Instant::now() + config.limits().handshake_timeout;
+    let tcp = connect_before(&host, port, deadline)?;
     tcp.set_nodelay(true)?;
     let stream: Box<dyn Transport + Send> = if secure {
         tls_stream(tcp, &host)?
     } else {
         Box::new(tcp)
     };
-    client_handshake(
-        stream,
-        &uri,
-        &Config::default(),
-        &[],
-        &HeaderMap::new(),
-        secure,
-    )
+    client_handshake(stream, &uri, &config, &[], &HeaderMap::new(), secure)
+}
+
+/// Connects to `host:port`, trying each address the name resolves to, before `deadline`.
+fn connect_before(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, Error> {
+    use std::net::ToSocketAddrs as _;
+    let mut last = None;
+    for addr in (host, port).to_socket_addrs()? {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) if !is_timeout(&e) => Err(Error::Io(e)),
+        Some(_) => Err(Error::Timeout(
+            "the server did not accept the connection in time",
+        )),
+        None => Err(Error::Io(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolves to no address"),
+        ))),
+    }
 }
 
 #[cfg(feature = "tls")]
@@ -327,16 +359,18 @@ pub fn client_handshake<S: Transport>(
     let deadline = Instant::now() + config.limits().handshake_timeout;
     let (mut handshake, request) =
         ClientHandshake::new(config, uri, handshake_key(), protocols, headers, secure)?;
-    stream.write_all(&request)?;
-    stream.flush()?;
+    // Bounded too: over TLS this write runs the TLS handshake, reads included.
+    stream.set_read_timeout(Some(config.limits().handshake_timeout))?;
+    if let Err(e) = stream.write_all(&request).and_then(|()| stream.flush()) {
+        return Err(if is_timeout(&e) {
+            Error::Timeout(HANDSHAKE_LATE)
+        } else {
+            Error::Io(e)
+        });
+    }
     let mut buf = vec![0; 4096];
     let accepted = loop {
-        let n = read_before(
-            &mut stream,
-            &mut buf,
-            deadline,
-            "the server did not complete the handshake in time",
-        )?;
+        let n = read_before(&mut stream, &mut buf, deadline, HANDSHAKE_LATE)?;
         if let Some(accepted) = handshake.feed(&buf[..n])? {
             break accepted;
         }
@@ -347,6 +381,9 @@ pub fn client_handshake<S: Transport>(
     ws.protocol = accepted.protocol;
     Ok(ws)
 }
+
+/// The error of a client handshake that ran past its timeout.
+const HANDSHAKE_LATE: &str = "the server did not complete the handshake in time";
 
 /// One read that must finish before `deadline`; end of stream is an error here.
 fn read_before<S: Transport>(
@@ -369,13 +406,17 @@ fn read_before<S: Transport>(
                 )));
             }
             Ok(n) => return Ok(n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::Io(e)),
         }
     }
+}
+
+/// Whether `error` is a socket timeout running out (`WouldBlock` on Unix, `TimedOut` on
+/// Windows), not a failure of the connection.
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }

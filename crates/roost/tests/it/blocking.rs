@@ -186,3 +186,150 @@ fn a_silent_peer_cannot_hold_a_blocking_close_open() {
         "{set:?}"
     );
 }
+
+/// A scripted transport: each read returns the next of `reads` (then end of stream); each
+/// write takes what `write` allows. What was written is recorded.
+struct Scripted {
+    reads: std::collections::VecDeque<Vec<u8>>,
+    write: fn(call: usize, len: usize) -> io::Result<usize>,
+    calls: usize,
+    written: Vec<u8>,
+}
+
+impl Scripted {
+    fn new(reads: Vec<Vec<u8>>, write: fn(usize, usize) -> io::Result<usize>) -> Self {
+        Scripted {
+            reads: reads.into(),
+            write,
+            calls: 0,
+            written: Vec::new(),
+        }
+    }
+}
+
+impl io::Read for Scripted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(next) = self.reads.pop_front() else {
+            return Ok(0);
+        };
+        buf[..next.len()].copy_from_slice(&next);
+        Ok(next.len())
+    }
+}
+
+impl io::Write for Scripted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.calls += 1;
+        let n = (self.write)(self.calls, buf.len())?;
+        self.written.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl blocking::Transport for Scripted {
+    fn set_read_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn shutdown(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_write_that_times_out_halfway_is_not_sent_twice() {
+    // 10 bytes go out, then the stream's write timeout runs out, then it takes everything.
+    let transport = Scripted::new(Vec::new(), |call, len| match call {
+        1 => Ok(len.min(10)),
+        2 => Err(io::ErrorKind::WouldBlock.into()),
+        _ => Ok(len),
+    });
+    let mut ws = blocking::WebSocket::server(transport, Config::default(), Negotiated::default());
+    let payload = vec![7u8; 100];
+    let error = ws.send(Message::binary(payload.clone())).unwrap_err();
+    assert!(
+        matches!(&error, roost::Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock),
+        "{error:?}"
+    );
+    // The caller tries again: the rest of the frame follows what already went out.
+    ws.flush().unwrap();
+    let mut frame = vec![0x82, 100];
+    frame.extend_from_slice(&payload);
+    assert_eq!(ws.get_ref().written, frame);
+}
+
+#[test]
+fn a_transport_that_fails_ends_the_connection_instead_of_failing_forever() {
+    // The peer pings, then says "hi"; every write fails, so the pong never goes out.
+    let mut input = vec![0x89, 0x80, 1, 2, 3, 4];
+    input.extend(masked_text("hi"));
+    let transport = Scripted::new(vec![input], |_, _| Err(io::ErrorKind::BrokenPipe.into()));
+    let mut ws = blocking::WebSocket::server(transport, Config::default(), Negotiated::default());
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        let outcome = ws.read();
+        let end = matches!(outcome, Ok(None));
+        outcomes.push(outcome.map_err(|e| e.to_string()));
+        if end {
+            break;
+        }
+    }
+    // The failed write is reported once; then the connection is over (the message parsed
+    // before it may still be handed out), and it stays over.
+    assert!(matches!(outcomes.first(), Some(Err(_))), "{outcomes:?}");
+    assert!(matches!(outcomes.last(), Some(Ok(None))), "{outcomes:?}");
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_err()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(matches!(ws.read(), Ok(None)));
+    assert_eq!(
+        ws.close_status().map(|status| status.initiator),
+        Some(CloseInitiator::Lost)
+    );
+}
+
+#[test]
+fn a_silent_tls_server_cannot_hold_a_blocking_handshake() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accepts the TCP connection and never says a word (no ServerHello, no 101) until the
+    // test is over, or for 10 s at the most.
+    let (done, over) = std::sync::mpsc::channel::<()>();
+    let silent = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let _ = over.recv_timeout(Duration::from_secs(10));
+        drop(tcp);
+    });
+    let tcp = TcpStream::connect(addr).unwrap();
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = rustls::StreamOwned::new(
+        rustls::ClientConnection::new(Arc::new(tls), name).unwrap(),
+        tcp,
+    );
+    let config = Config::builder()
+        .handshake_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let uri: http::Uri = format!("wss://localhost:{}/", addr.port()).parse().unwrap();
+    let started = Instant::now();
+    let result = blocking::client_handshake(tls, &uri, &config, &[], &Default::default(), true);
+    let waited = started.elapsed();
+    assert!(
+        matches!(result, Err(roost::Error::Timeout(_))),
+        "{:?}",
+        result.err()
+    );
+    // The silent server hangs up after 10 s: a handshake it did not bound ends there.
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    drop(done);
+    silent.join().unwrap();
+}
