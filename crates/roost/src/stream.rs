@@ -39,6 +39,11 @@ pub struct WebSocket<S> {
     wakers: Arc<WriteWakers>,
     write_waker: Waker,
     deadline: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
+    /// The reader's waker from its last wait: a close started by the writer half wakes it,
+    /// so that it arms the close timer.
+    reader: Option<Waker>,
+    /// Bytes were written that a buffering transport (TLS, a `BufWriter`) may still hold.
+    unflushed: bool,
     /// The transport was shut down after the connection finished.
     shut_down: bool,
 }
@@ -105,6 +110,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             write_waker: Waker::from(wakers.clone()),
             wakers,
             deadline: None,
+            reader: None,
+            unflushed: false,
             shut_down: false,
         }
     }
@@ -188,7 +195,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// returns `None` to receive the peer's reply.
     pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
         self.connection.close(frame, Instant::now())?;
+        self.wake_reader();
         self.flush().await
+    }
+
+    /// Wakes the reader half once our close is on its way: it must watch the close deadline
+    /// even if the peer never sends another byte.
+    fn wake_reader(&mut self) {
+        if !self.connection.can_send()
+            && let Some(reader) = self.reader.take()
+        {
+            reader.wake();
+        }
     }
 
     /// Writes queued output. `Ready(Ok)` once all of it is written.
@@ -196,8 +214,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.poll_write_while(cx, side, |connection| connection.pending_output_len() > 0)
     }
 
-    /// Writes queued output for as long as `more` holds.
+    /// Writes queued output for as long as `more` holds, then flushes the transport.
+    ///
+    /// A transport that fails is a lost connection: its output is dropped (it would fail
+    /// again on every later poll) and the stream then ends.
     fn poll_write_while(
+        &mut self,
+        cx: &mut Context<'_>,
+        side: Side,
+        more: fn(&Connection) -> bool,
+    ) -> Poll<Result<(), Error>> {
+        let written = ready!(self.poll_write_while_inner(cx, side, more));
+        if let Err(error) = written {
+            self.unflushed = false;
+            self.connection.receive_eof();
+            let pending = self.connection.pending_output_len();
+            self.connection.consume_output(pending);
+            return Poll::Ready(Err(error));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_write_while_inner(
         &mut self,
         cx: &mut Context<'_>,
         side: Side,
@@ -227,6 +265,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 return Poll::Ready(Err(Error::Io(std::io::ErrorKind::WriteZero.into())));
             }
             self.connection.consume_output(written);
+            self.unflushed = true;
+        }
+        // What a buffering transport took must reach the socket too, or an automatic reply
+        // could wait in it until the application's next send.
+        if self.unflushed {
+            self.wakers.register(side, cx.waker());
+            let mut proxy = Context::from_waker(&self.write_waker);
+            ready!(Pin::new(&mut self.io).poll_flush(&mut proxy))?;
+            self.unflushed = false;
         }
         Poll::Ready(Ok(()))
     }
@@ -263,7 +310,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     self.connection.receive_eof();
                     return Poll::Ready(Some(Err(Error::Io(error))));
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if !self
+                        .reader
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()))
+                    {
+                        self.reader = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -274,7 +330,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             return Poll::Ready(Ok(()));
         }
         let flushed = ready!(self.poll_write_out(cx, Side::Reader));
-        let shutdown = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+        // Through the waker both halves share: the writer half may wait on the socket too.
+        self.wakers.register(Side::Reader, cx.waker());
+        let mut proxy = Context::from_waker(&self.write_waker);
+        let shutdown = ready!(Pin::new(&mut self.io).poll_shutdown(&mut proxy));
         self.shut_down = true;
         // A peer that already vanished makes these fail; the connection is over either way.
         let _ = (flushed, shutdown);
@@ -311,6 +370,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     fn start_send_inner(&mut self, message: &Message) -> Result<(), Error> {
         let queued = self.connection.send(message, Instant::now());
+        self.wake_reader();
         self.queued(queued)
     }
 
@@ -326,8 +386,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        ready!(self.poll_write_out(cx, Side::Writer))?;
-        Pin::new(&mut self.io).poll_flush(cx).map_err(Error::Io)
+        self.poll_write_out(cx, Side::Writer)
     }
 }
 
@@ -361,6 +420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
         if this.connection.can_send() {
             let frame = CloseFrame::new(roost_proto::CloseCode::NORMAL, "");
             this.connection.close(Some(frame), Instant::now())?;
+            this.wake_reader();
         }
         this.poll_flush_inner(cx)
     }

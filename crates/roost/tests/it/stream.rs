@@ -247,3 +247,136 @@ async fn a_protocol_error_reaches_the_application_and_the_peer_gets_1002() {
     );
     assert!(ended);
 }
+
+#[tokio::test]
+async fn a_close_from_the_writer_half_bounds_an_idle_reader() {
+    let (listener, url) = listener().await;
+    let addr = addr_of(&url);
+    let config = Config::builder()
+        .close_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let ws = roost::accept_with(tcp, &config, |_, r| Ok(r))
+            .await
+            .unwrap();
+        let (mut writer, mut reader) = ws.split();
+        // The reader is already waiting on the socket, with no deadline yet, when the writer
+        // half closes.
+        let reading = tokio::spawn(async move {
+            while reader.next().await.is_some() {}
+            reader
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        writer.close().await.unwrap();
+        let reader = reading.await.unwrap();
+        reader.reunite(writer).unwrap().close_status().unwrap()
+    });
+    // A raw client that completes the handshake and then never answers the close.
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(&upgrade_request("/", 13)).await.unwrap();
+    let mut buf = [0; 512];
+    let n = within(tcp.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
+    let status = within(server).await.unwrap();
+    assert_eq!(
+        (status.initiator, status.code),
+        (CloseInitiator::Lost, CloseCode::ABNORMAL)
+    );
+}
+
+/// Reads from a duplex pipe; every write fails as on a reset connection.
+struct WritesFail(tokio::io::DuplexStream);
+
+impl tokio::io::AsyncRead for WritesFail {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for WritesFail {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+    }
+}
+
+#[tokio::test]
+async fn a_transport_that_fails_ends_the_stream_instead_of_failing_forever() {
+    let (ours, mut peer) = tokio::io::duplex(4096);
+    let mut ws = WebSocket::server(WritesFail(ours), Config::default(), Negotiated::default());
+    // The peer pings (the pong cannot be written), then says "hi".
+    let key = [1, 2, 3, 4];
+    let mut input = vec![0x89, 0x80];
+    input.extend_from_slice(&key);
+    input.extend_from_slice(&[0x81, 0x82]);
+    input.extend_from_slice(&key);
+    input.extend(b"hi".iter().zip(key).map(|(b, k)| b ^ k));
+    peer.write_all(&input).await.unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        match within(ws.recv()).await {
+            Some(outcome) => outcomes.push(outcome.map_err(|e| e.to_string())),
+            None => break,
+        }
+    }
+    // The failed write is reported once, then the stream ends (the message parsed before it
+    // may still be handed out).
+    assert!(
+        outcomes.len() < 4 && matches!(outcomes.first(), Some(Err(_))),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_err()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(within(ws.recv()).await.is_none());
+}
+
+#[tokio::test]
+async fn automatic_replies_leave_a_buffering_transport() {
+    let (ours, theirs) = tokio::io::duplex(4096);
+    // A transport that holds what it is given until flushed, as TLS may when the socket is
+    // full.
+    let mut server = WebSocket::server(
+        tokio::io::BufWriter::new(ours),
+        Config::default(),
+        Negotiated::default(),
+    );
+    let serving = tokio::spawn(async move { while server.next().await.is_some() {} });
+    let mut client = WebSocket::client(theirs, Config::default(), Negotiated::default());
+    within(client.send(Message::Ping("x".into())))
+        .await
+        .unwrap();
+    // Only the server's automatic pong can answer: the server application never sends.
+    match within(client.recv()).await {
+        Some(Ok(Message::Pong(payload))) => assert_eq!(&payload[..], b"x"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+    within(client.close(None)).await.unwrap();
+    while within(client.recv()).await.is_some() {}
+    within(serving).await.unwrap();
+}
