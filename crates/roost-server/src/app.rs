@@ -214,6 +214,7 @@ impl App {
             last_auto_response: Mutex::new(None),
         });
         tokio::spawn(sweep_sleepers(Arc::downgrade(&shared)));
+        tokio::spawn(expire_attachments(Arc::downgrade(&shared)));
         sleepers::spawn_waker_thread(Arc::downgrade(&shared), sleeper_poll)?;
         if let Some(mut incoming) = incoming {
             // Messages from the other processes, delivered to this one's members.
@@ -712,6 +713,9 @@ async fn accept_ws(
         },
     };
     let id = ConnectionId::random();
+    // Before the attachment moves: an attachment is written (or moved) no earlier than the
+    // handshake of the token that reaches it, which `expire_attachments` relies on.
+    let expires = SystemTime::now() + shared.config.resume_ttl;
     let mut attachment = None;
     if let Some(old) = resume_from {
         match shared.adopt(old, id).await {
@@ -743,7 +747,6 @@ async fn accept_ws(
     if tcp.write_all(&accepted.to_bytes()).await.is_err() {
         return;
     }
-    let expires = SystemTime::now() + shared.config.resume_ttl;
     let mut core = Connection::server(shared.config.protocol.clone(), accepted.negotiated);
     if let Some((request, response)) = &shared.config.auto_response {
         core.set_auto_response(Some(shared.auto_response(request, response)));
@@ -809,6 +812,62 @@ async fn sweep_sleepers(shared: Weak<Shared>) {
         for key in wakes {
             shared.wake(key);
         }
+    }
+}
+
+/// Passes of [`expire_attachments`] per [`ServerConfig::resume_ttl`](crate::ServerConfig):
+/// an attachment outlives its last token by at most this fraction of it (an hour of a day).
+const EXPIRY_PASSES_PER_TTL: u32 = 24;
+
+/// Removes the attachments no resume token can reach any more, until the server is gone.
+///
+/// A token expires `resume_ttl` after its connection's handshake, and the attachment it
+/// reaches was written (or moved to that connection) after the handshake; so an attachment
+/// not written for `resume_ttl` has no valid token left. Those of this process's live
+/// connections stay: they are still in use. The rest, left by connections that ended without
+/// a clean 1000 (kept for a resume that never came), by a crash or by another process of the
+/// cluster, are removed. Without this the store would grow with every dropped connection.
+async fn expire_attachments(shared: Weak<Shared>) {
+    let every = match shared.upgrade() {
+        Some(shared) => (shared.config.resume_ttl / EXPIRY_PASSES_PER_TTL)
+            .clamp(Duration::from_millis(100), Duration::from_secs(3600)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Ok(listed) = shared.blocking(|store| store.list()).await else {
+            continue;
+        };
+        let now = SystemTime::now();
+        let ttl = shared.config.resume_ttl;
+        let expired: Vec<ConnectionId> = listed
+            .into_iter()
+            .filter(|stored| stored.modified + ttl <= now && shared.peer(stored.id).is_none())
+            .map(|stored| stored.id)
+            .collect();
+        if expired.is_empty() {
+            continue;
+        }
+        let removed = shared
+            .blocking(move |store| {
+                for (done, id) in expired.iter().enumerate() {
+                    if let Err(error) = store.remove(*id) {
+                        tracing::warn!(%id, %error, "could not remove an expired attachment");
+                        return Ok(done);
+                    }
+                }
+                Ok(expired.len())
+            })
+            .await
+            .unwrap_or(0);
+        shared
+            .metrics
+            .attachments_expired
+            .fetch_add(removed as u64, Relaxed);
+        tracing::debug!(removed, "expired attachments removed");
     }
 }
 

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub(crate) accept_errors: AtomicU64,
     pub(crate) durable_write_errors: AtomicU64,
     pub(crate) resumes: AtomicU64,
+    pub(crate) attachments_expired: AtomicU64,
     rejected: Mutex<BTreeMap<u16, u64>>,
     closes: Mutex<BTreeMap<u16, u64>>,
 }
@@ -144,7 +145,7 @@ impl Metrics {
             "Dormant connections with no task running for them.",
         );
         let _ = writeln!(out, "roost_connections_hibernating {}", self.hibernating());
-        let counters: [(&str, &str, &AtomicU64); 17] = [
+        let counters: [(&str, &str, &AtomicU64); 18] = [
             (
                 "roost_connections_total",
                 "WebSocket connections accepted.",
@@ -225,6 +226,11 @@ impl Metrics {
                 "roost_resumes_total",
                 "Connections that resumed a previous attachment.",
                 &self.resumes,
+            ),
+            (
+                "roost_attachments_expired_total",
+                "Attachments removed because no resume token could reach them any more.",
+                &self.attachments_expired,
             ),
         ];
         for (name, help, value) in counters {

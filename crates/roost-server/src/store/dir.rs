@@ -286,6 +286,16 @@ impl AttachmentStore for DirStore {
         }
         let source_path = self.attachment_path(from);
         let target = self.attachment_path(to);
+        // Dated now, durably, before it moves: the moved attachment counts as written at the
+        // move. Of concurrent adopts, the losers date a file the winner moves: no harm.
+        match File::options().write(true).open(&source_path) {
+            Ok(file) => file
+                .set_modified(SystemTime::now())
+                .and_then(|()| file.sync_all())
+                .map_err(|source| StoreError::io("date attachment", &source_path, source))?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::io("open attachment", source_path, source)),
+        }
         // The rename is the commit point: of concurrent adopts of `from`, exactly one finds the
         // file, and after a crash it is under exactly one name.
         match fs::rename(&source_path, &target) {

@@ -80,10 +80,11 @@ impl AttachmentStore for MemoryStore {
 
     fn adopt(&self, from: ConnectionId, to: ConnectionId) -> Result<Option<Vec<u8>>, StoreError> {
         let mut entries = self.entries();
-        let Some(entry) = entries.remove(&from) else {
+        let Some(mut entry) = entries.remove(&from) else {
             return Ok(None);
         };
         let bytes = entry.bytes.clone();
+        entry.modified = SystemTime::now();
         entries.insert(to, entry);
         Ok(Some(bytes))
     }
@@ -131,6 +132,11 @@ mod tests {
             store.adopt(old, ConnectionId::random()).expect("again"),
             None
         );
+    }
+
+    #[test]
+    fn adopt_dates_the_move() {
+        crate::store::check_adopt_dates_the_move(&MemoryStore::new());
     }
 
     #[test]

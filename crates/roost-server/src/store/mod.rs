@@ -184,7 +184,10 @@ pub trait AttachmentStore: Send + Sync + 'static {
     /// Moves the attachment of `from` to `to` and returns its bytes.
     ///
     /// After `Ok(Some(bytes))`, `from` has no attachment and `to` holds `bytes` (durably, for
-    /// a durable store); an attachment `to` had before is replaced. `Ok(None)` means `from` has
+    /// a durable store), written as of the move: [`StoredAttachment::modified`] is the time of
+    /// the move, from which the server counts the attachment's life anew (see
+    /// [`ServerConfig::resume_ttl`](crate::ServerConfig::resume_ttl)). An attachment `to` had
+    /// before is replaced. `Ok(None)` means `from` has
     /// no attachment, for instance because it was already adopted: this is what makes a resume
     /// token work once.
     fn adopt(&self, from: ConnectionId, to: ConnectionId) -> Result<Option<Vec<u8>>, StoreError>;
@@ -260,6 +263,27 @@ pub(crate) fn listed(
         .into_iter()
         .map(|entry| (entry.id, entry.len))
         .collect()
+}
+
+/// Checks that `store`'s `adopt` dates the moved attachment at the move, not at its last
+/// write: the server counts an attachment's life from there.
+#[cfg(test)]
+pub(crate) fn check_adopt_dates_the_move(store: &dyn AttachmentStore) {
+    let modified = |id| {
+        let listed = store.list().expect("list");
+        let entry = listed.iter().find(|entry| entry.id == id).expect("listed");
+        entry.modified
+    };
+    let (old, new) = (ConnectionId::random(), ConnectionId::random());
+    store.put(old, b"state").expect("put");
+    let written = modified(old);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    store.adopt(old, new).expect("adopt");
+    let moved = modified(new);
+    assert!(
+        moved >= written + std::time::Duration::from_millis(40),
+        "written {written:?}, moved {moved:?}"
+    );
 }
 
 #[cfg(test)]

@@ -16,11 +16,11 @@
 //! # Atomicity
 //!
 //! - `put` is one `HSET` of both fields, so a reader sees the old hash or the new one.
-//! - `adopt` is a Lua script (`EXISTS from`, `RENAME from to`, `HGET to data`). Redis runs a
-//!   script without interleaving any other command, so of concurrent adopts of one id,
-//!   whichever process they come from, exactly one finds it: this is what makes a resume token
-//!   single-use across the cluster. Like [`DirStore`](super::DirStore), the adopted attachment
-//!   keeps its `at`.
+//! - `adopt` is a Lua script (`EXISTS from`, `RENAME from to`, `HSET to at`, `HGET to data`).
+//!   Redis runs a script without interleaving any other command, so of concurrent adopts of
+//!   one id, whichever process they come from, exactly one finds it: this is what makes a
+//!   resume token single-use across the cluster. Like [`DirStore`](super::DirStore), the
+//!   adopted attachment is dated at the move (`at` is the time the caller passes).
 //!
 //! # Connections and failures
 //!
@@ -86,6 +86,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
     return false
 end
 redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[2], 'at', ARGV[1])
 return redis.call('HGET', KEYS[2], 'data')
 ";
 
@@ -255,8 +256,9 @@ impl AttachmentStore for RedisStore {
             return self.get(from);
         }
         let (from, to) = (attachment_key(from), attachment_key(to));
+        let at = unix_millis(SystemTime::now());
         self.run("adopt an attachment in", |connection| {
-            self.adopt.key(&from).key(&to).invoke(connection)
+            self.adopt.key(&from).key(&to).arg(at).invoke(connection)
         })
     }
 }

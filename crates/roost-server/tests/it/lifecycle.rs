@@ -399,3 +399,45 @@ async fn an_operator_adopts_a_persisted_attachment_onto_a_new_connection() {
         "only once"
     );
 }
+
+#[tokio::test]
+async fn attachments_no_resume_token_can_reach_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        durable_dir: Some(dir.path().to_owned()),
+        resume_ttl: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    let (addr, handle) = start(App::new().ws("/n", Named).unwrap(), config).await;
+    let files = || {
+        std::fs::read_dir(dir.path().join("ws"))
+            .unwrap()
+            .filter(|entry| {
+                let name = entry.as_ref().unwrap().file_name();
+                name.to_string_lossy().ends_with(".att")
+            })
+            .count()
+    };
+    // A connection that vanishes keeps its attachment for a resume...
+    let mut gone = connect(addr, "/n").await;
+    within(gone.send(Message::text("ann"))).await.unwrap();
+    assert!(next_text(&mut gone).await.starts_with("resume "));
+    drop(gone);
+    // ...and one that stays keeps it for as long as it lives.
+    let mut live = connect(addr, "/n").await;
+    within(live.send(Message::text("bob"))).await.unwrap();
+    assert!(next_text(&mut live).await.starts_with("resume "));
+    assert_eq!(files(), 2);
+    // Once no token can reach it (the resume TTL after it was written), the vanished
+    // connection's attachment goes; the live one's stays.
+    eventually("the vanished connection's attachment expired", || {
+        files() == 1
+    })
+    .await;
+    let expired = "roost_attachments_expired_total 1\n";
+    assert!(handle.metrics().render().contains(expired));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(files(), 1);
+    within(live.send(Message::text("bob again"))).await.unwrap();
+    assert!(next_text(&mut live).await.starts_with("resume "));
+}

@@ -348,6 +348,13 @@ fn adopt_moves_once_and_survives_reopen() {
 }
 
 #[test]
+fn adopt_dates_the_move() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let store = DirStore::open(temp.path()).expect("open");
+    crate::store::check_adopt_dates_the_move(&store);
+}
+
+#[test]
 fn adopt_replaces_the_new_connections_attachment() {
     let temp = tempfile::tempdir().expect("tempdir");
     let store = DirStore::open(temp.path()).expect("open");

@@ -237,6 +237,13 @@ fn list_ignores_foreign_keys_and_spans_scan_rounds() {
 }
 
 #[test]
+fn adopt_dates_the_move() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).expect("open");
+    crate::store::check_adopt_dates_the_move(&store);
+}
+
+#[test]
 fn adopt_moves_once() {
     let server = RedisServer::start();
     let store = RedisStore::open(&server.url()).expect("open");
