@@ -729,6 +729,8 @@ async fn accept_ws(
                 return;
             }
             Err(error) => {
+                // Try again later, with the same token: it is not spent by this attempt.
+                shared.used_tokens.release(old);
                 let response = refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("cannot resume now: {error}"),
@@ -745,6 +747,13 @@ async fn accept_ws(
         shared.metrics.resumes.fetch_add(1, Relaxed);
     }
     if tcp.write_all(&accepted.to_bytes()).await.is_err() {
+        // The client is gone before its new connection began: the attachment goes back where
+        // its token points, so a retry with that token resumes.
+        if let Some(old) = resume_from
+            && let Ok(Some(_)) = shared.adopt(id, old).await
+        {
+            shared.used_tokens.release(old);
+        }
         return;
     }
     let mut core = Connection::server(shared.config.protocol.clone(), accepted.negotiated);

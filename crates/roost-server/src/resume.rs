@@ -400,6 +400,15 @@ impl UsedTokens {
         true
     }
 
+    /// Gives the token for `id` back after a resume that failed before the attachment moved
+    /// (or once it was moved back), so that the client can try again with it.
+    pub fn release(&self, id: ConnectionId) {
+        let mut used = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(expires_at) = used.by_id.remove(&id) {
+            used.by_expiry.remove(&(expires_at, id));
+        }
+    }
+
     /// How many ids are remembered.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -271,6 +271,21 @@ fn used_tokens_consume_once() {
 }
 
 #[test]
+fn a_released_token_can_be_used_again() {
+    let used = UsedTokens::new();
+    let (id, other) = (ConnectionId::random(), ConnectionId::random());
+    assert!(used.consume(id, at(NOW + 60), at(NOW)));
+    assert!(used.consume(other, at(NOW + 60), at(NOW)));
+    used.release(id);
+    assert_eq!(used.len(), 1);
+    assert!(used.consume(id, at(NOW + 60), at(NOW + 1)));
+    assert!(!used.consume(other, at(NOW + 60), at(NOW + 1)));
+    // Releasing what is not held changes nothing.
+    used.release(ConnectionId::random());
+    assert_eq!(used.len(), 2);
+}
+
+#[test]
 fn used_tokens_forget_after_expiry() {
     let used = UsedTokens::new();
     let short = ConnectionId::random();

@@ -441,3 +441,36 @@ async fn attachments_no_resume_token_can_reach_are_removed() {
     within(live.send(Message::text("bob again"))).await.unwrap();
     assert!(next_text(&mut live).await.starts_with("resume "));
 }
+
+#[tokio::test]
+async fn a_resume_the_store_failed_can_be_tried_again_with_the_same_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        durable_dir: Some(dir.path().to_owned()),
+        ..ServerConfig::default()
+    };
+    let (addr, _handle) = start(App::new().ws("/n", Named).unwrap(), config).await;
+    let mut gone = connect(addr, "/n").await;
+    within(gone.send(Message::text("ann"))).await.unwrap();
+    let token = next_text(&mut gone).await;
+    let token = token.strip_prefix("resume ").unwrap().to_owned();
+    drop(gone);
+    // The store fails the next resume: the attachment's file is, for now, a directory.
+    let ws_dir = dir.path().join("ws");
+    let file = std::fs::read_dir(&ws_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "att"))
+        .unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let url = format!("ws://{addr}/n?resume={token}");
+    let refused = within(roost::connect(&url)).await.unwrap_err();
+    assert!(refused.to_string().contains("503"), "{refused}");
+    // Once the store works again, the same token resumes.
+    std::fs::remove_dir(&file).unwrap();
+    std::fs::write(&file, bytes).unwrap();
+    let (mut resumed, _) = within(roost::connect(&url)).await.unwrap();
+    assert_eq!(next_text(&mut resumed).await, "welcome back ann");
+}
