@@ -52,7 +52,14 @@ fn main() -> anyhow::Result<()> {
             allocator::spawn_janitor()?;
             runtime()?.block_on(cmd::serve::run(args))
         }
-        Command::Connect(args) => runtime()?.block_on(cmd::connect::run(args)),
+        Command::Connect(args) => {
+            let runtime = runtime()?;
+            let result = runtime.block_on(cmd::connect::run(args));
+            // Standard input is read on a blocking thread no one can interrupt: waiting for
+            // it would keep a finished client open until the user pressed Enter.
+            runtime.shutdown_background();
+            result
+        }
         Command::Attachments(args) => cmd::attachments::run(args),
         Command::Bench(args) => runtime()?.block_on(cmd::bench::run(args)),
     }

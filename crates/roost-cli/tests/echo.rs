@@ -60,3 +60,34 @@ async fn quiet_clients_are_closed_after_the_idle_timeout_and_talkative_ones_are_
         "the close handshake completes"
     );
 }
+
+/// `roost connect` ends when the server closes the connection, even though its standard
+/// input is still open (a terminal where nothing was typed).
+#[test]
+fn connect_exits_when_the_server_closes_with_stdin_still_open() {
+    use std::process::{Command, Stdio};
+    let server = serve(&["--app", "echo", "--idle-timeout", "1"]);
+    let mut client = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args(["connect", &format!("ws://{}/", server.addr)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdin = client.stdin.take();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = client.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > LIMIT {
+            let _ = client.kill();
+            panic!("roost connect still runs {LIMIT:?} after connecting");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(log.contains("closed by the server: 1001"), "{log}");
+}
