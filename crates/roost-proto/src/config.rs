@@ -165,10 +165,27 @@ impl ConfigBuilder {
                 why: "must be at least 256 bytes to hold a minimal request",
             });
         }
+        for (name, value) in [
+            ("close_timeout", limits.close_timeout),
+            ("handshake_timeout", limits.handshake_timeout),
+        ] {
+            if value > MAX_TIMEOUT {
+                return Err(ConfigError::InvalidLimit {
+                    name,
+                    value: value.as_secs(),
+                    why: "must be at most a year (365 days, in seconds)",
+                });
+            }
+        }
         self.config.deflate.validate()?;
         Ok(self.config)
     }
 }
+
+/// The longest timeout [`ConfigBuilder::build`] takes: longer ones are no timeout in
+/// practice, and a deadline this far ahead is still a time the clock can represent
+/// (`Duration::MAX` is not).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Size limits and timeouts. Every default is safe for a server on the open internet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,6 +304,25 @@ mod tests {
     fn out_of_range_values_are_refused_with_their_name() {
         let err = Config::builder().max_message_size(0).build().unwrap_err();
         assert!(err.to_string().contains("max_message_size"), "{err}");
+        // A deadline that far ahead would overflow the clock when the close starts.
+        let err = Config::builder()
+            .close_timeout(Duration::MAX)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("close_timeout"), "{err}");
+        let err = Config::builder()
+            .handshake_timeout(MAX_TIMEOUT + Duration::from_secs(1))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("handshake_timeout"), "{err}");
+        let longest = Config::builder()
+            .close_timeout(MAX_TIMEOUT)
+            .build()
+            .unwrap();
+        let mut connection = crate::Connection::server(longest, Default::default());
+        let now = std::time::Instant::now();
+        connection.close(None, now).unwrap();
+        assert_eq!(connection.next_deadline(), Some(now + MAX_TIMEOUT));
         let deflate = DeflateConfig {
             server_max_window_bits: 16,
             ..DeflateConfig::default()

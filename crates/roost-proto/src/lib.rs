@@ -40,7 +40,7 @@ pub mod message;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
-pub use config::{Config, ConfigBuilder, DeflateConfig, Limits};
+pub use config::{Config, ConfigBuilder, DeflateConfig, Limits, MAX_TIMEOUT};
 pub use connection::{
     AutoResponse, CloseInitiator, CloseStatus, Connection, Event, IdleConnection, MaskSource, Role,
     SHARED_PAYLOAD_MIN,
