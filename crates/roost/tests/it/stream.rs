@@ -182,8 +182,14 @@ async fn an_already_upgraded_stream_is_wrapped_without_a_handshake() {
     assert_eq!(next_data(&mut client).await, Message::binary(vec![7; 10]));
 }
 
-#[tokio::test]
-async fn a_silent_peer_is_dropped_after_the_close_timeout() {
+/// Runs `serve` on a server-side WebSocket with a 200 ms close timeout whose client
+/// completes the handshake and then never answers; checks the close status `serve` returns
+/// is that of a lost connection.
+async fn against_a_silent_client<F, Fut>(serve: F)
+where
+    F: FnOnce(WebSocket<tokio::net::TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = roost::CloseStatus> + Send,
+{
     let (listener, url) = listener().await;
     let addr = addr_of(&url);
     let config = Config::builder()
@@ -192,16 +198,11 @@ async fn a_silent_peer_is_dropped_after_the_close_timeout() {
         .unwrap();
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut ws = roost::accept_with(tcp, &config, |_, r| Ok(r))
+        let ws = roost::accept_with(tcp, &config, |_, r| Ok(r))
             .await
             .unwrap();
-        ws.close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "bye")))
-            .await
-            .unwrap();
-        while ws.recv().await.is_some() {}
-        ws.close_status().unwrap()
+        serve(ws).await
     });
-    // A raw client that completes the handshake and then never answers the close.
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     tcp.write_all(&upgrade_request("/", 13)).await.unwrap();
     let mut buf = [0; 512];
@@ -212,6 +213,18 @@ async fn a_silent_peer_is_dropped_after_the_close_timeout() {
         (status.initiator, status.code),
         (CloseInitiator::Lost, CloseCode::ABNORMAL)
     );
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_after_the_close_timeout() {
+    against_a_silent_client(|mut ws| async move {
+        ws.close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "bye")))
+            .await
+            .unwrap();
+        while ws.recv().await.is_some() {}
+        ws.close_status().unwrap()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -250,17 +263,7 @@ async fn a_protocol_error_reaches_the_application_and_the_peer_gets_1002() {
 
 #[tokio::test]
 async fn a_close_from_the_writer_half_bounds_an_idle_reader() {
-    let (listener, url) = listener().await;
-    let addr = addr_of(&url);
-    let config = Config::builder()
-        .close_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let ws = roost::accept_with(tcp, &config, |_, r| Ok(r))
-            .await
-            .unwrap();
+    against_a_silent_client(|ws| async move {
         let (mut writer, mut reader) = ws.split();
         // The reader is already waiting on the socket, with no deadline yet, when the writer
         // half closes.
@@ -272,18 +275,8 @@ async fn a_close_from_the_writer_half_bounds_an_idle_reader() {
         writer.close().await.unwrap();
         let reader = reading.await.unwrap();
         reader.reunite(writer).unwrap().close_status().unwrap()
-    });
-    // A raw client that completes the handshake and then never answers the close.
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tcp.write_all(&upgrade_request("/", 13)).await.unwrap();
-    let mut buf = [0; 512];
-    let n = within(tcp.read(&mut buf)).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
-    let status = within(server).await.unwrap();
-    assert_eq!(
-        (status.initiator, status.code),
-        (CloseInitiator::Lost, CloseCode::ABNORMAL)
-    );
+    })
+    .await;
 }
 
 /// Reads from a duplex pipe; every write fails as on a reset connection.
