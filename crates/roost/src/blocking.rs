@@ -219,9 +219,7 @@ impl<S: Transport> WebSocket<S> {
     /// The transport failed: the connection is over, and what it still had to send is
     /// dropped (it would fail again on every later call).
     fn lost(&mut self, error: io::Error) -> Error {
-        self.connection.receive_eof();
-        let pending = self.connection.pending_output_len();
-        self.connection.consume_output(pending);
+        self.connection.transport_failed();
         Error::Io(error)
     }
 }

@@ -227,9 +227,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         let written = ready!(self.poll_write_while_inner(cx, side, more));
         if let Err(error) = written {
             self.unflushed = false;
-            self.connection.receive_eof();
-            let pending = self.connection.pending_output_len();
-            self.connection.consume_output(pending);
+            self.connection.transport_failed();
             return Poll::Ready(Err(error));
         }
         Poll::Ready(Ok(()))
@@ -283,7 +281,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             // Automatic replies (pongs, close echo) go out as soon as possible; a full socket
             // does not stop reading.
             if let Poll::Ready(Err(error)) = self.poll_write_out(cx, Side::Reader) {
-                self.connection.receive_eof();
                 return Poll::Ready(Some(Err(error)));
             }
             match self.connection.next_event() {

@@ -273,6 +273,14 @@ impl Connection {
         }
     }
 
+    /// The transport failed (a write or flush error): nothing more can go out. The connection
+    /// ends as lost, like [`Connection::receive_eof`], and the output still queued is dropped,
+    /// so a driver does not try it again on every later call.
+    pub fn transport_failed(&mut self) {
+        self.receive_eof();
+        self.consume_output(self.pending_output_len());
+    }
+
     /// Takes all pending output at once, in order, for drivers that hand buffers to the
     /// transport.
     pub fn take_output(&mut self) -> vec_deque::Drain<'_, Bytes> {

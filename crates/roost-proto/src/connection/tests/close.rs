@@ -114,6 +114,22 @@ fn a_lost_transport_reports_1006() {
 }
 
 #[test]
+fn a_failed_transport_ends_the_connection_and_drops_its_output() {
+    let (_, mut server) = pair();
+    server.send_text("never written").unwrap();
+    assert!(server.pending_output_len() > 0);
+    server.transport_failed();
+    assert_eq!(server.pending_output_len(), 0);
+    assert!(server.pending_output().is_empty());
+    assert!(server.is_finished());
+    let status = server.close_status().unwrap();
+    assert_eq!(
+        (status.initiator, status.code),
+        (CloseInitiator::Lost, CloseCode::ABNORMAL)
+    );
+}
+
+#[test]
 fn bytes_after_the_close_frame_are_ignored() {
     let bytes = [
         raw_frame(0x88, &[3, 232], KEY),
