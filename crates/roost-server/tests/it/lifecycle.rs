@@ -400,6 +400,15 @@ async fn an_operator_adopts_a_persisted_attachment_onto_a_new_connection() {
     );
 }
 
+/// The attachment files in the durable directory `dir`.
+fn attachment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir.join("ws"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "att"))
+        .collect()
+}
+
 #[tokio::test]
 async fn attachments_no_resume_token_can_reach_are_removed() {
     let dir = tempfile::tempdir().unwrap();
@@ -409,15 +418,7 @@ async fn attachments_no_resume_token_can_reach_are_removed() {
         ..ServerConfig::default()
     };
     let (addr, handle) = start(App::new().ws("/n", Named).unwrap(), config).await;
-    let files = || {
-        std::fs::read_dir(dir.path().join("ws"))
-            .unwrap()
-            .filter(|entry| {
-                let name = entry.as_ref().unwrap().file_name();
-                name.to_string_lossy().ends_with(".att")
-            })
-            .count()
-    };
+    let files = || attachment_files(dir.path()).len();
     // A connection that vanishes keeps its attachment for a resume...
     let mut gone = connect(addr, "/n").await;
     within(gone.send(Message::text("ann"))).await.unwrap();
@@ -456,12 +457,7 @@ async fn a_resume_the_store_failed_can_be_tried_again_with_the_same_token() {
     let token = token.strip_prefix("resume ").unwrap().to_owned();
     drop(gone);
     // The store fails the next resume: the attachment's file is, for now, a directory.
-    let ws_dir = dir.path().join("ws");
-    let file = std::fs::read_dir(&ws_dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "att"))
-        .unwrap();
+    let [file] = attachment_files(dir.path()).try_into().unwrap();
     let bytes = std::fs::read(&file).unwrap();
     std::fs::remove_file(&file).unwrap();
     std::fs::create_dir(&file).unwrap();
