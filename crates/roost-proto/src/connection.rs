@@ -179,8 +179,6 @@ pub struct Connection {
     message: Option<InMessage>,
     /// Payload of the data message (or frame) being received, unmasked and inflated.
     payload: BytesMut,
-    /// Compressed payload of the current frame, inflated when the frame ends.
-    compressed: BytesMut,
     control: Vec<u8>,
     utf8: Utf8Validator,
 
@@ -273,7 +271,6 @@ impl Connection {
             frame: None,
             message: None,
             payload: BytesMut::new(),
-            compressed: BytesMut::new(),
             control: Vec::new(),
             utf8: Utf8Validator::new(),
             sending_fragmented: None,
@@ -332,7 +329,6 @@ impl Connection {
     pub fn release_buffers(&mut self) {
         if self.frame.is_none() && self.message.is_none() {
             self.payload = BytesMut::new();
-            self.compressed = BytesMut::new();
             self.control = Vec::new();
         }
         if self.input.is_empty() {

@@ -216,52 +216,70 @@ impl Connection {
             .len()
             .min(usize::try_from(frame.remaining).unwrap_or(usize::MAX));
         let (mask, offset) = (frame.header.mask, frame.read);
+        let control = frame.header.opcode.is_control();
         frame.read += n;
         frame.remaining -= n as u64;
         let done = frame.remaining == 0;
-        let chunk = &self.input[..n];
-        let target = if frame.header.opcode.is_control() {
-            let start = self.control.len();
+        let chunk = &mut self.input[..n];
+        if let Some(key) = mask {
+            apply_mask(chunk, key, offset);
+        }
+        if control {
             self.control.extend_from_slice(chunk);
-            &mut self.control[start..]
         } else {
             let message = self
                 .message
                 .as_mut()
                 .ok_or(ProtocolError::UnexpectedContinuation)?;
-            let buffer = if message.compressed {
-                &mut self.compressed
+            if message.compressed {
+                // Inflated as it arrives: what the connection holds for a compressed message
+                // is bounded by max_message_size, however large its frames are.
+                let input = std::mem::take(&mut self.input);
+                let inflated = self.inflate(&input[..n], false);
+                self.input = input;
+                inflated?;
             } else {
                 message.len += n;
-                &mut self.payload
-            };
-            let start = buffer.len();
-            // Grow with the bytes that actually arrive, never by the declared length.
-            buffer.extend_from_slice(chunk);
-            &mut buffer[start..]
-        };
-        if let Some(key) = mask {
-            apply_mask(target, key, offset);
+                if message.opcode == OpCode::Text {
+                    self.utf8
+                        .feed(chunk)
+                        .map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
+                // Grow with the bytes that actually arrive, never by the declared length.
+                self.payload.extend_from_slice(chunk);
+            }
         }
         self.input.advance(n);
-        let check_text = !self
-            .frame
-            .as_ref()
-            .is_some_and(|f| f.header.opcode.is_control())
-            && self
-                .message
-                .as_ref()
-                .is_some_and(|m| m.opcode == OpCode::Text && !m.compressed);
-        if check_text {
-            let start = self.payload.len() - n;
-            self.utf8
-                .feed(&self.payload[start..])
-                .map_err(|_| ProtocolError::InvalidUtf8)?;
-        }
         if done {
             self.finish_frame()?;
         }
         Ok(done)
+    }
+
+    /// Inflates received bytes of the compressed message into `payload`, checking the
+    /// message's size and (for text) its UTF-8 as the bytes come. `fin`: the message ends
+    /// here.
+    fn inflate(&mut self, compressed: &[u8], fin: bool) -> Result<(), ProtocolError> {
+        let (Some(message), Some(codec)) = (self.message.as_mut(), self.deflate.as_mut()) else {
+            return Err(ProtocolError::ReservedBits);
+        };
+        let max = self.config.limits().max_message_size;
+        let before = self.payload.len();
+        // The limit for this output: what the message may still grow by.
+        let limit = before + (max - message.len);
+        codec
+            .decompress(compressed, fin, &mut self.payload, limit)
+            .map_err(|error| match error {
+                ProtocolError::MessageTooLarge { .. } => ProtocolError::MessageTooLarge { max },
+                other => other,
+            })?;
+        message.len += self.payload.len() - before;
+        if message.opcode == OpCode::Text {
+            self.utf8
+                .feed(&self.payload[before..])
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        Ok(())
     }
 
     /// [`Connection::receive_payload`] for a frame left in the input buffer: unmasks and
@@ -359,33 +377,13 @@ impl Connection {
         Ok(())
     }
 
-    /// Ends a data frame whose payload was gathered in `payload` (inflated first when
-    /// compressed).
+    /// Ends a data frame whose payload was gathered (and inflated) in `payload`.
     fn finish_data_frame(&mut self, fin: bool) -> Result<(), ProtocolError> {
-        let Some(message) = self.message.as_mut() else {
+        let Some(message) = self.message.as_ref() else {
             return Err(ProtocolError::UnexpectedContinuation);
         };
-        let max = self.config.limits().max_message_size;
-        if message.compressed {
-            let Some(codec) = self.deflate.as_mut() else {
-                return Err(ProtocolError::ReservedBits);
-            };
-            let before = self.payload.len();
-            // The limit for this frame's output: what the message may still grow by.
-            let limit = before + (max - message.len);
-            codec
-                .decompress(&self.compressed, fin, &mut self.payload, limit)
-                .map_err(|error| match error {
-                    ProtocolError::MessageTooLarge { .. } => ProtocolError::MessageTooLarge { max },
-                    other => other,
-                })?;
-            self.compressed.clear();
-            message.len += self.payload.len() - before;
-            if message.opcode == OpCode::Text {
-                self.utf8
-                    .feed(&self.payload[before..])
-                    .map_err(|_| ProtocolError::InvalidUtf8)?;
-            }
+        if message.compressed && fin {
+            self.inflate(&[], true)?;
         }
         // With assembly, `payload` is handed out when the message is complete.
         if fin || !self.config.assemble_messages() {

@@ -3,8 +3,9 @@
 //! Negotiation lives in [`crate::extension`] ([`crate::extension::negotiate_server`],
 //! [`crate::extension::client_offer`], [`crate::extension::negotiate_client`]); it produces
 //! the [`DeflateParams`] a [`DeflateCodec`] is built from. The connection then calls
-//! [`DeflateCodec::compress`] once per outgoing message and [`DeflateCodec::decompress`] once
-//! per incoming frame of a compressed message.
+//! [`DeflateCodec::compress`] once per outgoing message and [`DeflateCodec::decompress`] for
+//! each piece of a compressed message as it arrives, so a large compressed frame is never
+//! held whole.
 //!
 //! # Wire format (RFC 7692 §7.2)
 //! Each message is deflated and ended with a sync flush; the four octets `00 00 ff ff` that
@@ -202,9 +203,10 @@ impl DeflateCodec {
             || (self.decompressor.is_some() && !self.reset_decompressor)
     }
 
-    /// Inflates one received frame's payload of a compressed message, appending to `out`.
+    /// Inflates received bytes of a compressed message (any piece of any of its frames, in
+    /// order), appending to `out`.
     ///
-    /// `fin`: this frame ends the message; the `00 00 ff ff` tail is appended, then the
+    /// `fin`: the message ends after `input`; the `00 00 ff ff` tail is appended, then the
     /// context is reset when the peer's `no_context_takeover` applies.
     ///
     /// # Errors
@@ -220,7 +222,9 @@ impl DeflateCodec {
         out: &mut BytesMut,
         max_message: usize,
     ) -> Result<(), ProtocolError> {
-        self.inflate(input, out, max_message)?;
+        if !input.is_empty() {
+            self.inflate(input, out, max_message)?;
+        }
         if fin {
             self.inflate(&TAIL, out, max_message)?;
             if let Some(decompressor) = self

@@ -484,6 +484,51 @@ fn a_decompression_bomb_is_refused_without_inflating_it() {
 }
 
 #[test]
+fn a_compressed_frame_is_inflated_as_it_arrives_and_fails_before_it_ends() {
+    let negotiated = Negotiated {
+        deflate: Some(DeflateParams::default()),
+        no_masking: false,
+    };
+    let config = Config::builder()
+        .max_message_size(64 << 10)
+        .build()
+        .unwrap();
+    let (mut client, _) = pair_with(Config::default(), negotiated.clone());
+    let mut server = Connection::server(config, negotiated);
+    client.send_binary(&vec![0; 8 << 20]).unwrap();
+    let wire = output(&mut client);
+    assert_eq!(wire[0], 0xc2, "one compressed binary frame");
+    // The first half of the frame already inflates past the limit: the server says so
+    // without waiting for (and holding) the rest.
+    server.receive(&wire[..wire.len() / 2], Instant::now());
+    assert_eq!(
+        events(&mut server),
+        vec![Event::Failed(ProtocolError::MessageTooLarge {
+            max: 64 << 10
+        })]
+    );
+}
+
+#[test]
+fn compressed_text_split_anywhere_arrives_whole() {
+    let now = Instant::now();
+    let negotiated = Negotiated {
+        deflate: Some(DeflateParams::default()),
+        no_masking: false,
+    };
+    let (mut client, mut server) = pair_with(Config::default(), negotiated);
+    let payload = "héllo wörld, ".repeat(500);
+    for _ in 0..2 {
+        client.send_text(&payload).unwrap();
+        let wire = output(&mut client);
+        for piece in wire.chunks(7) {
+            server.receive(piece, now);
+        }
+        assert_eq!(events(&mut server), vec![text(&payload)]);
+    }
+}
+
+#[test]
 fn limits_default_to_safe_values() {
     let limits = Limits::default();
     assert_eq!(limits.max_message_size, 16 << 20);
