@@ -161,13 +161,21 @@ impl IdleConnection {
         Ok(())
     }
 
-    /// Appends a whole data message (`opcode` text or binary) to `out` as the whole
-    /// connection would send it, when that needs nothing this does not keep. Returns false,
-    /// appending nothing, for a message the whole connection would compress
-    /// (permessage-deflate negotiated and the payload at least `config`'s compression
-    /// threshold) and for any other opcode: resume the connection to send those. `config` is
-    /// the configuration the connection was made with; text must be valid UTF-8.
-    pub fn send(
+    /// Appends a whole text message to `out` as the whole connection would send it, when that
+    /// needs nothing this does not keep. Returns false, appending nothing, for a message the
+    /// whole connection would compress (permessage-deflate negotiated and the payload at least
+    /// `config`'s compression threshold): resume the connection to send that. `config` is the
+    /// configuration the connection was made with.
+    pub fn send_text(&mut self, config: &Config, text: &str, out: &mut BytesMut) -> bool {
+        self.send(config, OpCode::Text, text.as_bytes(), out)
+    }
+
+    /// [`IdleConnection::send_text`] for a binary message.
+    pub fn send_binary(&mut self, config: &Config, payload: &[u8], out: &mut BytesMut) -> bool {
+        self.send(config, OpCode::Binary, payload, out)
+    }
+
+    fn send(
         &mut self,
         config: &Config,
         opcode: OpCode,
@@ -176,11 +184,10 @@ impl IdleConnection {
     ) -> bool {
         let compress = self.negotiated.deflate.is_some()
             && payload.len() >= config.deflate().compression_threshold;
-        if compress || !matches!(opcode, OpCode::Text | OpCode::Binary) {
-            return false;
+        if !compress {
+            self.write(out, opcode, payload);
         }
-        self.write(out, opcode, payload);
-        true
+        !compress
     }
 
     /// Whether the frame `header` starts is one this may answer: masked as the role wants, no

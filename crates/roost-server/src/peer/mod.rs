@@ -41,7 +41,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use roost::{
-    CloseCode, CloseFrame, OpCode,
+    CloseCode, CloseFrame,
     proto::{AutoResponse, Connection, IdleConnection, UsageError},
 };
 use tokio::net::TcpStream;
@@ -381,17 +381,15 @@ impl Peer {
     /// message it would not compress: the frame is encoded from the idle core, as broadcasts
     /// encode theirs.
     pub(crate) fn send(&self, data: Data) -> (Result<(), UsageError>, SendOutcome) {
-        let (opcode, payload) = match &data {
-            Data::Text(text) => (OpCode::Text, text.as_bytes()),
-            Data::Binary(bytes) => (OpCode::Binary, bytes),
-        };
         // Only a hibernating connection keeps its core idle; the check spares a connection in
         // use (an echo's own replies) a second lock per message.
         if self.is_asleep() {
             let config = &self.shared.config.protocol;
-            if let Some(frame) =
-                self.encode_idle(|idle, frame| idle.send(config, opcode, payload, frame))
-            {
+            let encoded = self.encode_idle(|idle, frame| match &data {
+                Data::Text(text) => idle.send_text(config, text, frame),
+                Data::Binary(bytes) => idle.send_binary(config, bytes, frame),
+            });
+            if let Some(frame) = encoded {
                 return (Ok(()), self.push(frame, false));
             }
         }

@@ -235,18 +235,14 @@ fn an_idle_connection_sends_what_needs_no_compression_as_the_whole_one_would() {
             .into_idle()
             .unwrap();
             let mut out = BytesMut::new();
-            assert!(idle.send(&config, OpCode::Text, b"small", &mut out));
-            assert!(idle.send(&config, OpCode::Binary, &[7; 40], &mut out));
+            assert!(idle.send_text(&config, "small", &mut out));
+            assert!(idle.send_binary(&config, &[7; 40], &mut out));
             whole.send_text("small").unwrap();
             whole.send_binary(&[7; 40]).unwrap();
             assert_eq!(&out[..], &output(&mut whole)[..], "{negotiated:?}");
-            let large = vec![b'a'; threshold.max(1) * 2];
+            let large = "a".repeat(threshold.max(1) * 2);
             let compressed = negotiated.deflate.is_some();
-            assert_eq!(
-                idle.send(&config, OpCode::Text, &large, &mut out),
-                !compressed
-            );
-            assert!(!idle.send(&config, OpCode::Ping, b"", &mut out));
+            assert_eq!(idle.send_text(&config, &large, &mut out), !compressed);
         }
     }
 }
