@@ -304,7 +304,8 @@ impl Connection {
 
     /// Sets (or with `None` clears) the text request answered inside the codec: a received
     /// text message equal to `request` is answered with `response`, uncompressed, without an
-    /// event. While the application is in the middle of sending a fragmented message, or
+    /// event. Without message assembly only a request sent in one frame is answered; a
+    /// fragmented one arrives as its frames. While the application is in the middle of sending a fragmented message, or
     /// while the output already holds `max_queued_output` bytes (a peer that does not read),
     /// the request is delivered as an event instead. Heartbeats (`"ping"` / `"pong"`) then
     /// never reach the application. Shared: a server that gives every connection the same pair

@@ -400,30 +400,28 @@ impl Connection {
             return Err(ProtocolError::UnexpectedContinuation);
         };
         let opcode = message.opcode;
-        if fin && opcode == OpCode::Text {
-            self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
-        }
-        if !self.config.assemble_messages() {
-            let wire_opcode = if message.delivered {
-                OpCode::Continuation
-            } else {
-                opcode
-            };
-            message.delivered = true;
-            if fin {
-                self.message = None;
+        let first = !message.delivered;
+        message.delivered = true;
+        if fin {
+            self.message = None;
+            if opcode == OpCode::Text {
+                self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
             }
-            let frame = Frame::new(fin, wire_opcode, payload);
-            self.events.push_back(Event::Message(Message::Frame(frame)));
+        }
+        let assembled = self.config.assemble_messages();
+        // A whole text message (with or without assembly, then in one frame) may be the
+        // auto-response request.
+        let whole = fin && (assembled || first);
+        if whole && opcode == OpCode::Text && self.answer_automatically(&payload) {
             return Ok(());
         }
-        self.message = None;
-        if opcode == OpCode::Text && self.answer_automatically(&payload) {
-            return Ok(());
-        }
-        let message = match opcode {
-            OpCode::Text => Message::Text(Utf8Bytes::from_validated(payload)),
-            _ => Message::Binary(payload),
+        let message = if !assembled {
+            let wire_opcode = if first { opcode } else { OpCode::Continuation };
+            Message::Frame(Frame::new(fin, wire_opcode, payload))
+        } else if opcode == OpCode::Text {
+            Message::Text(Utf8Bytes::from_validated(payload))
+        } else {
+            Message::Binary(payload)
         };
         self.events.push_back(Event::Message(message));
         Ok(())

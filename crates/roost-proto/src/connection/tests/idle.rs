@@ -268,19 +268,23 @@ proptest! {
         let mut out = BytesMut::new();
         let answered = idle.answer(&wire, &mut out);
         prop_assert!(answered.consumed <= wire.len());
-        let mut whole = Connection::server(Config::default(), Negotiated::default());
-        whole.set_auto_response(Some(Arc::new(AutoResponse {
-            request: Utf8Bytes::from_static("heartbeat"),
-            response: Utf8Bytes::from_static("alive"),
-        })));
-        whole.receive(&wire[..answered.consumed], Instant::now());
-        let heard = events(&mut whole);
-        prop_assert!(
-            heard.iter().all(|event| matches!(event, Event::Message(Message::Ping(_) | Message::Pong(_)))),
-            "the idle connection answered something the whole one does not: {heard:?}"
-        );
-        prop_assert_eq!(output(&mut whole), out.to_vec());
-        prop_assert_eq!(whole.auto_response_hits(), idle.auto_response_hits());
+        // Whether or not the whole connection assembles messages.
+        for assemble in [true, false] {
+            let config = Config::builder().assemble_messages(assemble).build().unwrap();
+            let mut whole = Connection::server(config, Negotiated::default());
+            whole.set_auto_response(Some(Arc::new(AutoResponse {
+                request: Utf8Bytes::from_static("heartbeat"),
+                response: Utf8Bytes::from_static("alive"),
+            })));
+            whole.receive(&wire[..answered.consumed], Instant::now());
+            let heard = events(&mut whole);
+            prop_assert!(
+                heard.iter().all(|event| matches!(event, Event::Message(Message::Ping(_) | Message::Pong(_)))),
+                "the idle connection answered something the whole one does not: {heard:?}"
+            );
+            prop_assert_eq!(output(&mut whole), out.to_vec());
+            prop_assert_eq!(whole.auto_response_hits(), idle.auto_response_hits());
+        }
     }
 }
 

@@ -626,6 +626,46 @@ fn the_auto_response_answers_inside_the_codec_without_an_event() {
     assert_eq!(events(&mut server), vec![text("heartbeat")]);
 }
 
+#[test]
+fn without_assembly_a_request_in_one_frame_is_answered_and_a_fragmented_one_delivered() {
+    let now = Instant::now();
+    let config = Config::builder().assemble_messages(false).build().unwrap();
+    let (mut client, mut server) = pair_with(config, Negotiated::default());
+    server.set_auto_response(Some(Arc::new(AutoResponse {
+        request: Utf8Bytes::from_static("heartbeat"),
+        response: Utf8Bytes::from_static("alive"),
+    })));
+    client.send_text("heartbeat").unwrap();
+    for (fin, opcode, part) in [
+        (false, OpCode::Text, "heart"),
+        (true, OpCode::Continuation, "beat"),
+    ] {
+        let part = Frame::new(fin, opcode, Bytes::from_static(part.as_bytes()));
+        client.send_frame(&part, now).unwrap();
+    }
+    pump(&mut client, &mut server, now);
+    let frame = |fin, opcode, payload: &'static [u8]| {
+        Event::Message(Message::Frame(Frame::new(
+            fin,
+            opcode,
+            Bytes::from_static(payload),
+        )))
+    };
+    assert_eq!(
+        events(&mut server),
+        vec![
+            frame(false, OpCode::Text, b"heart"),
+            frame(true, OpCode::Continuation, b"beat")
+        ]
+    );
+    assert_eq!(server.auto_response_hits(), 1);
+    pump(&mut server, &mut client, now);
+    assert_eq!(
+        events(&mut client),
+        vec![frame(true, OpCode::Text, b"alive")]
+    );
+}
+
 /// Found by the `connection_server` fuzz target (fuzz/regressions/connection_server/
 /// auto-response-inside-fragmented-send): the auto-response was written inside a fragmented
 /// message the application was sending, breaking RFC 6455 §5.4 framing.
