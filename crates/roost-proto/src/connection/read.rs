@@ -445,10 +445,12 @@ impl Connection {
         self.events.push_back(Event::Failed(error));
     }
 
-    /// The next event, or `None` when there is nothing to do yet.
+    /// The next event, or `None` when there is nothing to do yet. Bytes put into
+    /// [`Connection::input_buffer`] are parsed once [`Connection::receive_input`] was called.
     #[must_use]
     pub fn next_event(&mut self) -> Option<Event> {
-        if self.events.is_empty() && !self.input.is_empty() {
+        // Before the first receive there is no time to date what parsing queues.
+        if self.events.is_empty() && !self.input.is_empty() && self.now.is_some() {
             if let Some(message) = self.whole_message() {
                 return Some(Event::Message(message));
             }

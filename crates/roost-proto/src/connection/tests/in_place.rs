@@ -132,3 +132,16 @@ fn a_large_payload_is_sent_without_a_copy_and_written_in_pieces() {
     pump(&mut client, &mut server, now);
     assert_eq!(events(&mut server), [Event::Message(Message::Binary(big))]);
 }
+
+#[test]
+fn bytes_put_into_the_input_buffer_wait_for_receive_input() {
+    let mut server = Connection::server(Config::default(), Negotiated::default());
+    let close = raw_frame(0x88, &[0x03, 0xe8], KEY);
+    server.input_buffer().extend_from_slice(&close);
+    assert_eq!(server.next_event(), None, "not handed over yet");
+    server.receive_input(Instant::now());
+    assert!(matches!(
+        server.next_event(),
+        Some(Event::Message(Message::Close(Some(_))))
+    ));
+}
