@@ -181,12 +181,18 @@ impl Target {
         let uri: Uri = url
             .parse()
             .map_err(|e| Error::Url(format!("{url:?}: {e}")))?;
-        let secure = match uri.scheme_str() {
+        // Schemes are case-insensitive (RFC 3986 §3.1).
+        let secure = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
             Some("ws") => false,
             Some("wss") => true,
-            other => {
+            Some(other) => {
                 return Err(Error::Url(format!(
                     "{url:?} has scheme {other:?}; use ws:// or wss://"
+                )));
+            }
+            None => {
+                return Err(Error::Url(format!(
+                    "{url:?} has no scheme: write ws://{url} (or wss:// for TLS)"
                 )));
             }
         };

@@ -226,7 +226,11 @@ fn parse_response<'h>(
 /// The `Host` value for `uri`: its host, and its port unless the default for `secure`.
 fn host_header(uri: &http::Uri, secure: bool) -> Result<String, HandshakeError> {
     let invalid = |why: &str| HandshakeError::InvalidUri(format!("{uri}: {why}"));
-    match (uri.scheme_str(), secure) {
+    // Schemes are case-insensitive (RFC 3986 §3.1).
+    match (
+        uri.scheme_str().map(str::to_ascii_lowercase).as_deref(),
+        secure,
+    ) {
         (None | Some("ws" | "http"), false) | (None | Some("wss" | "https"), true) => {}
         (Some("ws" | "http"), true) => {
             return Err(invalid("the scheme is not secure: use wss:// over TLS"));
@@ -410,6 +414,11 @@ mod tests {
                 "example.com:8080",
                 false,
                 "GET / HTTP/1.1\r\nHost: example.com:8080\r\n",
+            ),
+            (
+                "WSS://Example.com/",
+                true,
+                "GET / HTTP/1.1\r\nHost: Example.com\r\n",
             ),
         ];
         for (uri, secure, start) in cases {

@@ -9,7 +9,7 @@ use roost::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{addr_of, echo, listener, next_data, upgrade_request, within};
+use super::{addr_of, echo, echo_server, listener, next_data, upgrade_request, within};
 
 #[tokio::test]
 async fn the_hook_chooses_a_subprotocol_and_adds_headers() {
@@ -181,4 +181,20 @@ async fn a_request_read_by_another_parser_is_accepted_with_its_leftover_bytes() 
 async fn urls_other_than_ws_and_wss_are_refused_clearly() {
     let error = ClientBuilder::new("http://127.0.0.1/").unwrap_err();
     assert!(error.to_string().contains("use ws:// or wss://"), "{error}");
+    let error = ClientBuilder::new("127.0.0.1:9001").unwrap_err();
+    assert!(
+        error.to_string().contains("write ws://127.0.0.1:9001"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_scheme_is_case_insensitive() {
+    let (server, url) = echo_server().await;
+    let upper = url.replacen("ws://", "WS://", 1);
+    let (mut ws, _) = within(roost::connect(&upper)).await.unwrap();
+    within(ws.send(Message::text("hi"))).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hi"));
+    within(ws.close(None)).await.unwrap();
+    within(server).await.unwrap();
 }

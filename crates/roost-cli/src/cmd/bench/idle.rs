@@ -1,7 +1,7 @@
 //! `roost bench idle`: many idle connections, the server's memory per connection.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering::Relaxed},
@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use roost::{ClientBuilder, Message};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, TcpStream},
+    net::TcpStream,
 };
 
 /// Arguments of `roost bench idle`.
@@ -62,18 +62,7 @@ fn rss(pid: u32) -> anyhow::Result<u64> {
 }
 
 pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<()> {
-    let target: http::Uri = args.url.parse().context("parsing --url")?;
-    if target.scheme_str() != Some("ws") {
-        bail!("--url must be ws:// (idle mode measures the server, not TLS)");
-    }
-    let host = target.host().context("--url has no host")?;
-    let port = target.port_u16().unwrap_or(80);
-    let server: SocketAddr = (
-        host.parse::<IpAddr>()
-            .context("--url host must be an IP address")?,
-        port,
-    )
-        .into();
+    let server = super::server_addr(&args.url).context("--url")?;
     let before = rss(args.server_pid)?;
     let started = Instant::now();
     let bar = ProgressBar::new(args.connections as u64).with_style(
@@ -98,13 +87,7 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<()> {
                 if i >= total {
                     return Ok::<_, anyhow::Error>(held);
                 }
-                let source = Ipv4Addr::new(127, 0, 0, 2 + (i % usize::from(sources)) as u8);
-                let socket = TcpSocket::new_v4()?;
-                socket.bind(SocketAddr::new(source.into(), 0))?;
-                let tcp = socket
-                    .connect(server)
-                    .await
-                    .with_context(|| format!("connection {i}"))?;
+                let tcp = super::connect_tcp(server, i, sources).await?;
                 let (ws, _) = ClientBuilder::new(&url)?
                     .handshake(tcp)
                     .await

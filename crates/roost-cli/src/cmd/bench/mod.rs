@@ -89,14 +89,7 @@ impl Common {
 
     /// The server behind any ws:// URL, with this run's client settings.
     fn target_of(&self, url: &str) -> anyhow::Result<Target> {
-        let uri: http::Uri = url.parse().with_context(|| format!("parsing {url:?}"))?;
-        anyhow::ensure!(uri.scheme_str() == Some("ws"), "{url:?} must be ws://");
-        let host: IpAddr = uri
-            .host()
-            .context("the URL has no host")?
-            .parse()
-            .context("the URL's host must be an IP address")?;
-        let server = SocketAddr::new(host, uri.port_u16().unwrap_or(80));
+        let server = server_addr(url)?;
         let deflate = if self.deflate {
             roost::DeflateConfig::default()
         } else {
@@ -125,22 +118,60 @@ fn with_path(url: &str, path: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// Opens connection number `index` to `url`, from source address 127.0.0.(2 + index % sources).
+/// The server a `ws://` URL names. The benchmark does not resolve names: the host is an IPv4
+/// or IPv6 address.
+pub(crate) fn server_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let uri: http::Uri = url.parse().with_context(|| format!("parsing {url:?}"))?;
+    match uri.scheme_str() {
+        Some(scheme) if scheme.eq_ignore_ascii_case("ws") => {}
+        Some(_) => anyhow::bail!("{url:?} must be ws:// (the benchmark measures servers, not TLS)"),
+        None => anyhow::bail!("{url:?} has no scheme: write ws://{url}"),
+    }
+    let host = uri
+        .host()
+        .with_context(|| format!("{url:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let ip: IpAddr = host.parse().with_context(|| {
+        format!("{url:?}: the host must be an IP address, e.g. ws://127.0.0.1:9001/")
+    })?;
+    Ok(SocketAddr::new(ip, uri.port_u16().unwrap_or(80)))
+}
+
+/// A TCP connection (number `index`) to `server`. To a loopback IPv4 server it comes from
+/// source address 127.0.0.(2 + index % sources), so that more connections than one source
+/// address has ports can be open at once.
+pub(crate) async fn connect_tcp(
+    server: SocketAddr,
+    index: usize,
+    sources: u8,
+) -> anyhow::Result<TcpStream> {
+    let socket = match server.ip() {
+        IpAddr::V4(ip) => {
+            let socket = TcpSocket::new_v4()?;
+            if ip.is_loopback() {
+                let spread = index % usize::from(sources.max(1));
+                let source = Ipv4Addr::new(127, 0, 0, 2 + spread as u8);
+                socket.bind(SocketAddr::new(source.into(), 0))?;
+            }
+            socket
+        }
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket
+        .connect(server)
+        .await
+        .with_context(|| format!("connection {index} to {server}"))
+}
+
+/// Opens connection number `index` to `url` ([`connect_tcp`]).
 pub(crate) async fn open(
     target: &Target,
     url: &str,
     index: usize,
     sources: u8,
 ) -> anyhow::Result<WebSocket<TcpStream>> {
-    let socket = TcpSocket::new_v4()?;
-    if target.server.ip().is_loopback() {
-        let source = Ipv4Addr::new(127, 0, 0, 2 + (index % usize::from(sources.max(1))) as u8);
-        socket.bind(SocketAddr::new(source.into(), 0))?;
-    }
-    let tcp = socket
-        .connect(target.server)
-        .await
-        .with_context(|| format!("connection {index}"))?;
+    let tcp = connect_tcp(target.server, index, sources).await?;
     tcp.set_nodelay(true)?;
     let builder = ClientBuilder::new(url)?.config(target.config.clone());
     let (ws, _) = builder
@@ -234,6 +265,33 @@ pub(crate) fn report(json: bool, value: &serde_json::Value) {
                 }
                 other => println!("{key:>22}: {}", other.to_string().trim_matches('"')),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_take_any_case_ipv6_and_say_what_is_wrong() {
+        let addr = |url: &str| server_addr(url).map_err(|e| format!("{e:#}"));
+        assert_eq!(
+            addr("ws://127.0.0.1:9001/"),
+            Ok("127.0.0.1:9001".parse().unwrap())
+        );
+        assert_eq!(
+            addr("WS://127.0.0.1/x"),
+            Ok("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(addr("ws://[::1]:9001/"), Ok("[::1]:9001".parse().unwrap()));
+        for (url, says) in [
+            ("127.0.0.1:9001", "write ws://127.0.0.1:9001"),
+            ("wss://127.0.0.1/", "must be ws://"),
+            ("ws://localhost:9001/", "must be an IP address"),
+        ] {
+            let error = addr(url).unwrap_err();
+            assert!(error.contains(says), "{url}: {error}");
         }
     }
 }
