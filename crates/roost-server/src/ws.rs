@@ -38,8 +38,11 @@ pub enum AttachmentError {
     /// The value could not be serialized, or the stored bytes are not that type.
     #[error("attachment is not valid for this type: {0}")]
     Serde(#[from] serde_json::Error),
-    /// The durable write failed; the previous attachment is still in place on disk. The
-    /// source says why (the operating system's error, such as a full disk).
+    /// The durable write failed: it is not acknowledged, and this connection keeps its
+    /// previous attachment. The store usually still holds the previous bytes too, though a
+    /// failure after the new bytes were in place can leave those (see
+    /// [`AttachmentStore::put`](crate::store::AttachmentStore::put)). The source says why
+    /// (the operating system's error, such as a full disk).
     #[error("attachment could not be written durably")]
     Store(#[from] crate::store::StoreError),
     /// The durable write could not run (the runtime is shutting down).

@@ -76,11 +76,8 @@ impl DirStore {
     ///
     /// Fails with [`StoreError::Locked`] if another store has the directory open.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let parent = dir.as_ref();
-        let dir = parent.join(SUBDIRECTORY);
+        let dir = dir.as_ref().join(SUBDIRECTORY);
         create_private_dir_all(&dir)?;
-        // Make the new directory entry itself durable.
-        sync_dir(parent)?;
 
         let lock_path = dir.join(LOCK_NAME);
         let mut options = OpenOptions::new();
@@ -219,6 +216,8 @@ impl DirStore {
             remove_quietly(&temp);
             return Err(StoreError::io("rename temporary file over", target, source));
         }
+        // Failing here leaves the new bytes in place, not known to be durable: the put is not
+        // acknowledged (see `AttachmentStore::put`).
         sync_dir(&self.dir)
     }
 }
@@ -410,15 +409,27 @@ pub(crate) fn create_private_file(path: &Path) -> io::Result<File> {
     options.open(path)
 }
 
-/// Creates `path` and missing parents with mode 0700; an existing directory is fine.
+/// Creates `path` and missing parents with mode 0700, each new directory made durable in its
+/// parent (so it survives a crash right after); an existing directory is fine.
 pub(crate) fn create_private_dir_all(path: &Path) -> Result<(), StoreError> {
+    let missing: Vec<&Path> = path
+        .ancestors()
+        .take_while(|dir| !dir.as_os_str().is_empty() && !dir.is_dir())
+        .collect();
     let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(path)
-        .map_err(|source| StoreError::io("create directory", path, source))
+    for dir in missing.into_iter().rev() {
+        match builder.create(dir) {
+            Ok(()) => {}
+            // Created by someone else meanwhile: they make it durable.
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => continue,
+            Err(source) => return Err(StoreError::io("create directory", dir, source)),
+        }
+        let parent = dir.parent().filter(|parent| !parent.as_os_str().is_empty());
+        sync_dir(parent.unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
 }
 
 /// Makes the directory's entries (created, renamed, removed names) durable.

@@ -162,8 +162,11 @@ pub struct StoredAttachment {
 ///
 /// Guarantees every implementation keeps:
 /// - [`put`](Self::put) is all-or-nothing: a reader sees the previous bytes or the new bytes,
-///   never a mix. For a durable store the new bytes survive a crash once `put` returns `Ok`;
-///   if it returns `Err`, the previous bytes are still there.
+///   never a mix. For a durable store the new bytes survive a crash once `put` returns `Ok`.
+///   `Err` means the put is not acknowledged. The previous bytes are then usually still
+///   there; but a store that fails after the new bytes are in place (a directory fsync that
+///   fails after the rename, a network store whose reply is lost) may leave the new bytes,
+///   not known to survive a crash. A caller never reports such a put as done.
 /// - [`adopt`](Self::adopt) moves an attachment exactly once: of several adopts of the same
 ///   `from`, at most one returns `Ok(Some(_))`.
 pub trait AttachmentStore: Send + Sync + 'static {

@@ -78,11 +78,15 @@ fn directory_and_files_are_private() {
     use std::os::unix::fs::PermissionsExt;
 
     let temp = tempfile::tempdir().expect("tempdir");
-    let store = DirStore::open(temp.path()).expect("open");
+    // Missing parents are created too, each private.
+    let durable = temp.path().join("a/b");
+    let store = DirStore::open(&durable).expect("open");
     let id = ConnectionId::random();
     store.put(id, b"secret").expect("put");
     let mode = |path: &Path| fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
-    assert_eq!(mode(store.dir()), 0o700);
+    for dir in [store.dir(), &durable, &temp.path().join("a")] {
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    }
     assert_eq!(mode(&store.attachment_path(id)), 0o600);
 }
 
