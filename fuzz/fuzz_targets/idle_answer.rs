@@ -64,7 +64,7 @@ fuzz_target!(|input: Input| {
     let mut replies = BytesMut::new();
     for chunk in &input.chunks {
         pending.extend_from_slice(&chunk.0);
-        let answered = idle.answer(&pending, &mut replies);
+        let answered = idle.answer(&pending, &mut replies, usize::MAX);
         assert!(answered.consumed <= pending.len());
         whole.receive(&pending[..answered.consumed], now);
         while let Some(event) = whole.next_event() {

@@ -35,6 +35,13 @@ impl Config {
         }
     }
 
+    /// A builder starting from this configuration, to change some of it.
+    pub fn to_builder(&self) -> ConfigBuilder {
+        ConfigBuilder {
+            config: self.clone(),
+        }
+    }
+
     /// The size limits and timeouts.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -298,6 +305,19 @@ mod tests {
     #[test]
     fn defaults_build() {
         assert_eq!(Config::builder().build(), Ok(Config::default()));
+    }
+
+    #[test]
+    fn to_builder_changes_only_what_is_set() {
+        let config = Config::builder()
+            .max_message_size(1000)
+            .assemble_messages(false)
+            .build()
+            .unwrap();
+        let changed = config.to_builder().max_queued_output(64).build().unwrap();
+        assert_eq!(changed.limits().max_queued_output, 64);
+        assert_eq!(changed.limits().max_message_size, 1000);
+        assert!(!changed.assemble_messages());
     }
 
     #[test]

@@ -192,11 +192,23 @@ impl App {
             }
             None => (None, None),
         };
-        let (store, resume_key) = open_store(&self.config)?;
+        let mut config = self.config;
+        // What the codec queues by itself (pongs, auto-responses) for a peer that does not
+        // read stays within the outbound limit too.
+        let limits = config.protocol.limits();
+        if limits.max_queued_output > config.max_outbound {
+            config.protocol = config
+                .protocol
+                .to_builder()
+                .max_queued_output(config.max_outbound.max(1))
+                .build()
+                .map_err(io::Error::other)?;
+        }
+        let (store, resume_key) = open_store(&config)?;
         let (trigger, shutdown) = watch::channel(false);
         let (sleepers, sleeper_poll) = Sleepers::new()?;
         let shared = Arc::new(Shared {
-            config: self.config,
+            config,
             rooms: Rooms::default(),
             metrics: Metrics::default(),
             shutdown,

@@ -31,7 +31,9 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// Bytes that may wait in one connection's outbound queue. Default 1 MiB: a reader that
     /// never reads costs at most this much plus one message. A message for a full queue meets
-    /// the [`BackpressurePolicy`].
+    /// the [`BackpressurePolicy`]. What the codec answers by itself (pongs, the
+    /// auto-response) counts as messages of at most this size: the protocol's
+    /// `max_queued_output` is lowered to it when larger.
     pub max_outbound: usize,
     /// What happens past `max_outbound`. Default: close with 1013 (try again later).
     pub backpressure: BackpressurePolicy,

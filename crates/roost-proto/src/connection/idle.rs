@@ -39,7 +39,8 @@ pub struct IdleInput {
     pub consumed: usize,
     /// The frame at `consumed` needs the whole connection ([`IdleConnection::resume`], then
     /// [`Connection::receive`] with the rest of the input): a data message, a close, a
-    /// fragment, a compressed frame or a protocol error. When `false`, the rest of the input
+    /// fragment, a compressed frame or a protocol error, or any frame once the output limit
+    /// was reached. When `false`, the rest of the input
     /// (if any) is the start of a frame this may still answer: call again once more bytes
     /// arrived, with those bytes appended.
     pub wake: bool,
@@ -83,9 +84,11 @@ impl IdleConnection {
     ///
     /// Stops at the first frame that needs the whole connection, without touching it, so
     /// [`Connection::receive`] gets it exactly as it arrived and judges it by every rule.
+    /// Stops the same way (`wake`) once `out` holds `max_output` bytes or more: a peer that
+    /// asks for replies without reading them is then left to the whole connection's limits.
     /// `input` must start at a frame boundary, as it does for a connection made idle by
     /// [`Connection::into_idle`] (nothing of a frame was left in it).
-    pub fn answer(&mut self, input: &[u8], out: &mut BytesMut) -> IdleInput {
+    pub fn answer(&mut self, input: &[u8], out: &mut BytesMut, max_output: usize) -> IdleInput {
         let mut consumed = 0;
         loop {
             let rest = &input[consumed..];
@@ -99,6 +102,9 @@ impl IdleConnection {
                 consumed,
                 wake: true,
             };
+            if out.len() >= max_output {
+                return wake;
+            }
             let (header, header_len) = match FrameHeader::decode(rest) {
                 Ok(Some(decoded)) => decoded,
                 Ok(None) => {

@@ -104,6 +104,12 @@ impl Outbound {
         }
     }
 
+    /// Whether nothing more may be queued: the close went out, or the backpressure policy
+    /// decided to close the connection and only our close frame (`closing`) may follow.
+    fn refuses(&self, closing: bool) -> bool {
+        self.closed || (self.kick.is_some() && !closing)
+    }
+
     /// Drops what waits, except the rest of a frame already partly written.
     fn discard(&mut self) {
         let keep = if self.front_started {
@@ -142,7 +148,7 @@ impl Peer {
     pub(super) fn push_with(&self, bytes: Bytes, closing: bool, deferred: bool) -> SendOutcome {
         let len = bytes.len() as u64;
         let mut out = self.out();
-        if out.closed {
+        if out.refuses(closing) {
             return SendOutcome::Closed;
         }
         let corked = deferred || (out.corked && self.is_own_task());
@@ -208,7 +214,7 @@ impl Peer {
         closing: bool,
     ) -> SendOutcome {
         let mut out = self.out();
-        if out.closed {
+        if out.refuses(closing) {
             return SendOutcome::Closed;
         }
         if !closing && out.queued >= self.shared.config.max_outbound {

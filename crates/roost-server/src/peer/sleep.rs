@@ -18,6 +18,10 @@ use tokio::net::TcpStream;
 use super::{AWAKE, Core, Peer, Socket};
 use crate::{ConnState, app::Guards, handler::DynHandler};
 
+/// Most bytes one turn of [`Sleeper::hear`] reads, and most replies it makes, before it hands
+/// the connection to its task.
+const HEAR_BUDGET: usize = 64 * 1024;
+
 /// The idle bookkeeping of one connection, carried from task to task across hibernation. 16
 /// bytes: a hibernating connection keeps it in the table of sleepers.
 #[derive(Debug, Clone, Copy)]
@@ -146,9 +150,13 @@ impl Sleeper {
             return Some(Bytes::new());
         };
         let mut replies = BytesMut::new();
-        let mut filled = 0;
-        // Read until the socket is empty (its readiness is edge-triggered) or until a frame
-        // needs the whole connection.
+        let reply_limit = peer.shared.config.max_outbound.min(HEAR_BUDGET);
+        let (mut filled, mut heard) = (0, 0);
+        // Read until the socket is empty (its readiness is edge-triggered), until a frame
+        // needs the whole connection, or until this turn has done enough: then the task
+        // takes over, under the outbound limit (a peer that asks for replies without reading
+        // them queues no more here) and the runtime's fairness (a peer that floods holds the
+        // table's lock no longer).
         let mut wake = loop {
             let Some(space) = scratch.get_mut(filled..).filter(|space| !space.is_empty()) else {
                 // A frame longer than the scratch space: not one the idle core answers.
@@ -159,10 +167,11 @@ impl Sleeper {
                 Ok(n) => {
                     self.idle.input();
                     filled += n;
-                    let answered = core.answer(&scratch[..filled], &mut replies);
+                    heard += n;
+                    let answered = core.answer(&scratch[..filled], &mut replies, reply_limit);
                     scratch.copy_within(answered.consumed..filled, 0);
                     filled -= answered.consumed;
-                    if answered.wake {
+                    if answered.wake || heard >= HEAR_BUDGET {
                         break true;
                     }
                 }

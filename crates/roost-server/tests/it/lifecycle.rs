@@ -5,8 +5,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use roost::{CloseCode, Message};
 use roost_server::{App, ConnState, Data, Disconnect, Handler, Room, ServerConfig, Ws};
+use tokio::io::AsyncWriteExt as _;
 
-use super::{Client, connect, eventually, next_text, start, until_closed, within};
+use super::{Client, connect, eventually, next_text, sleeping_reader, start, until_closed, within};
 
 struct Named;
 
@@ -145,6 +146,60 @@ async fn a_hibernating_connection_answers_pings_pongs_and_heartbeats_without_wak
     within(ws.send(Message::text("ada"))).await.unwrap();
     assert!(next_text(&mut ws).await.starts_with("resume "));
     assert!(metrics.wakeups() > wakeups);
+}
+
+/// The server's `roost_bytes_out_total`: bytes written or queued for writing.
+fn bytes_out(handle: &roost_server::ServerHandle) -> u64 {
+    let text = handle.metrics().render();
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("roost_bytes_out_total "))
+        .expect("the bytes-out counter");
+    line["roost_bytes_out_total ".len()..].parse().unwrap()
+}
+
+/// The most a TCP socket's send buffer grows to (Linux: the third field of `tcp_wmem`).
+fn kernel_send_buffer_max() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 << 20)
+}
+
+#[tokio::test]
+async fn a_peer_that_asks_a_hibernating_connection_for_replies_without_reading_gets_no_more_than_the_limit()
+ {
+    let config = ServerConfig {
+        dormant_after: Duration::from_millis(50),
+        auto_response: Some(("hb".to_owned(), "a".repeat(8 << 10))),
+        ..ServerConfig::default()
+    };
+    let max_outbound = config.max_outbound as u64;
+    let (addr, handle) = start(App::new().ws("/n", Named).unwrap(), config).await;
+    let mut greedy = sleeping_reader(addr, "/n").await;
+    let metrics = handle.metrics();
+    eventually("hibernating", || metrics.hibernating() == 1).await;
+    let before = bytes_out(&handle);
+    // 4,000 requests in one write: 32 MiB of replies asked for, none read.
+    let request = [0x81, 0x82, 0, 0, 0, 0, b'h', b'b'];
+    within(greedy.write_all(&request.repeat(4000)))
+        .await
+        .unwrap();
+    eventually("woken", || metrics.hibernating() == 0).await;
+    // Whatever the server does then (answering until its queue is full, closing with 1013),
+    // it makes no more replies than its queue holds, twice over, and the kernel's send
+    // buffer for the socket takes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let made = bytes_out(&handle) - before;
+    let bound = 2 * max_outbound + kernel_send_buffer_max() + (64 << 10);
+    assert!(
+        made <= bound,
+        "{made} bytes of replies made for a peer that reads none (at most {bound})"
+    );
+    // And everyone else is served.
+    let mut other = connect(addr, "/n").await;
+    within(other.send(Message::text("hb"))).await.unwrap();
+    assert_eq!(next_text(&mut other).await.len(), 8 << 10);
 }
 
 /// Sends each message to every other member one by one, with `Ws::send`.

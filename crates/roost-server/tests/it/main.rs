@@ -75,6 +75,20 @@ fn upgrade_request(path: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Connects a client that completes the handshake and then does not read. Its receive buffer
+/// is small, so what the server sends backs up in the server rather than in the kernel.
+async fn sleeping_reader(addr: SocketAddr, path: &str) -> TcpStream {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = within(socket.connect(addr)).await.unwrap();
+    tcp.write_all(&upgrade_request(path)).await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = within(tcp.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
+    tcp
+}
+
 /// Polls `check` until it holds, for at most LIMIT.
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let start = std::time::Instant::now();

@@ -6,9 +6,9 @@ use roost::{CloseCode, Message};
 use roost_server::{
     App, BackpressurePolicy, Data, Disconnect, Handler, Room, ServerConfig, Ws, WsRoute,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use super::{connect, eventually, next_text, start, until_closed, within};
+use super::{connect, eventually, next_text, sleeping_reader, start, until_closed, within};
 
 /// `who` answers the room's size; `flood N` broadcasts N messages of 64 KiB and answers the
 /// totals; anything else is broadcast as is.
@@ -115,16 +115,6 @@ async fn the_default_room_key_is_the_path_without_the_query() {
     let _two = connect(addr, "/lobby?me=2").await;
     within(one.send(Message::text("who"))).await.unwrap();
     assert_eq!(next_text(&mut one).await, "2 in /lobby");
-}
-
-/// Connects a client that completes the handshake and then never reads.
-async fn sleeping_reader(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(&super::upgrade_request(path)).await.unwrap();
-    let mut buf = [0u8; 256];
-    let n = within(tcp.read(&mut buf)).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
-    tcp
 }
 
 async fn flood(policy: BackpressurePolicy) -> (String, roost_server::ServerHandle) {
@@ -345,17 +335,7 @@ async fn a_flood_of_auto_responses_to_a_reader_that_never_reads_closes_only_it()
         ..ServerConfig::default()
     };
     let (addr, handle) = start(App::new().ws("/room", Broadcaster).unwrap(), config).await;
-    // A small receive buffer, so the replies back up in the server rather than in the kernel.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut flooder = socket.connect(addr).await.unwrap();
-    flooder
-        .write_all(&super::upgrade_request("/room"))
-        .await
-        .unwrap();
-    let mut buf = [0u8; 256];
-    let n = within(flooder.read(&mut buf)).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
+    let mut flooder = sleeping_reader(addr, "/room").await;
     let frame: Vec<u8> = {
         let key = [1u8, 2, 3, 4];
         let mut frame = vec![0x81, 0x80 | 9, key[0], key[1], key[2], key[3]];

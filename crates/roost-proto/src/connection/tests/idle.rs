@@ -92,7 +92,7 @@ fn an_idle_connection_answers_pings_pongs_and_the_auto_response() {
     wire.extend(raw_frame(0x8A, b"", Some([9, 8, 7, 6])));
     wire.extend(raw_frame(0x81, b"heartbeat", KEY));
     let mut out = BytesMut::new();
-    let answered = idle.answer(&wire, &mut out);
+    let answered = idle.answer(&wire, &mut out, usize::MAX);
     assert_eq!(
         answered,
         IdleInput {
@@ -142,7 +142,7 @@ fn an_idle_connection_stops_at_what_needs_the_whole_connection() {
         wire.extend(&frame);
         wire.extend(raw_frame(0x89, b"after", KEY));
         let mut out = BytesMut::new();
-        let answered = idle.answer(&wire, &mut out);
+        let answered = idle.answer(&wire, &mut out, usize::MAX);
         assert_eq!(
             answered,
             IdleInput {
@@ -160,12 +160,31 @@ fn an_idle_connection_stops_at_what_needs_the_whole_connection() {
 }
 
 #[test]
+fn an_idle_connection_stops_answering_at_the_output_limit() {
+    let mut idle = idle_server();
+    let ping = raw_frame(0x89, b"are you there", KEY);
+    let wire = ping.repeat(3);
+    let pong = raw_frame(0x8A, b"are you there", None);
+    let mut out = BytesMut::new();
+    // Room for one pong: the second ping is left to the whole connection.
+    let answered = idle.answer(&wire, &mut out, pong.len());
+    assert_eq!(
+        answered,
+        IdleInput {
+            consumed: ping.len(),
+            wake: true
+        }
+    );
+    assert_eq!(&out[..], &pong[..]);
+}
+
+#[test]
 fn an_idle_connection_waits_for_the_rest_of_a_frame_it_may_answer() {
     let mut idle = idle_server();
     let wire = raw_frame(0x81, b"heartbeat", KEY);
     let mut out = BytesMut::new();
     for cut in [1, 2, 5, wire.len() - 1] {
-        let answered = idle.answer(&wire[..cut], &mut out);
+        let answered = idle.answer(&wire[..cut], &mut out, usize::MAX);
         assert_eq!(
             answered,
             IdleInput {
@@ -177,7 +196,7 @@ fn an_idle_connection_waits_for_the_rest_of_a_frame_it_may_answer() {
         assert!(out.is_empty());
     }
     assert_eq!(
-        idle.answer(&wire, &mut out),
+        idle.answer(&wire, &mut out, usize::MAX),
         IdleInput {
             consumed: wire.len(),
             wake: false
@@ -205,7 +224,7 @@ fn an_idle_client_masks_its_keepalive_ping_and_answers_unmasked_pings() {
             b"keepalive"
         )))]
     );
-    let answered = idle.answer(&raw_frame(0x89, b"x", None), &mut out);
+    let answered = idle.answer(&raw_frame(0x89, b"x", None), &mut out, usize::MAX);
     assert!(!answered.wake);
     server.receive(&out, Instant::now());
     assert_eq!(
@@ -213,7 +232,8 @@ fn an_idle_client_masks_its_keepalive_ping_and_answers_unmasked_pings() {
         vec![Event::Message(Message::Pong(Bytes::from_static(b"x")))]
     );
     assert!(
-        idle.answer(&raw_frame(0x89, b"x", KEY), &mut out).wake,
+        idle.answer(&raw_frame(0x89, b"x", KEY), &mut out, usize::MAX)
+            .wake,
         "a masked server frame"
     );
 }
@@ -266,7 +286,7 @@ proptest! {
             .collect();
         let mut idle = idle_server();
         let mut out = BytesMut::new();
-        let answered = idle.answer(&wire, &mut out);
+        let answered = idle.answer(&wire, &mut out, usize::MAX);
         prop_assert!(answered.consumed <= wire.len());
         // Whether or not the whole connection assembles messages.
         for assemble in [true, false] {
