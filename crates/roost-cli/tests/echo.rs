@@ -61,6 +61,61 @@ async fn quiet_clients_are_closed_after_the_idle_timeout_and_talkative_ones_are_
     );
 }
 
+/// A client that sends but stops reading is dropped once its echo waited for the idle
+/// timeout, instead of holding the connection forever.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let server = serve(&["--app", "echo", "--idle-timeout", "1"]);
+    // A small receive buffer: the echoes back up in the server, not in our kernel.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = within(socket.connect(server.addr)).await.unwrap();
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 256];
+    let n = within(tcp.read(&mut head)).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 101"));
+    // 16 binary messages of 1 MiB (masked with a zero key): far more than the socket
+    // buffers hold. The writes block once the server stops reading.
+    const MESSAGE: usize = 1 << 20;
+    const SENT: usize = 16 * MESSAGE;
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(MESSAGE as u64).to_be_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    frame.resize(frame.len() + MESSAGE, 7);
+    let (mut reader, mut writer) = tcp.into_split();
+    let sender = tokio::spawn(async move {
+        for _ in 0..16 {
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        writer
+    });
+    // Not reading for three idle periods.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The server gave up on us: the connection ends before every echo came back.
+    let mut received = 0;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match within(reader.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n,
+        }
+    }
+    assert!(
+        received < SENT,
+        "{received} bytes echoed: the client was not dropped"
+    );
+    sender.abort();
+}
+
 /// `roost connect` ends when the server closes the connection, even though its standard
 /// input is still open (a terminal where nothing was typed).
 #[test]

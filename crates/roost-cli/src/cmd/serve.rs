@@ -183,8 +183,16 @@ where
                 let Some(message) = message else { break };
                 let message = message?;
                 last_frame = Instant::now();
+                // A client that stops reading gets the idle timeout to take its echo, then
+                // is dropped: a blocked send must not hold the connection forever.
                 if message.is_data() {
-                    ws.send(message).await?;
+                    match tokio::time::timeout(idle, ws.send(message)).await {
+                        Ok(sent) => sent?,
+                        Err(_) => {
+                            debug!("the client took no echo for the idle timeout; dropping it");
+                            return Ok(());
+                        }
+                    }
                 }
             }
             () = &mut timer => {
