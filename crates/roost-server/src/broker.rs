@@ -178,7 +178,9 @@ impl Cluster {
         }
     }
 
-    /// The room got its first local member: receive its messages from other nodes.
+    /// The room got its first local member: receive its messages from other nodes. Called
+    /// under the rooms' lock, so the subscriptions and unsubscriptions of one room come in
+    /// the order its members joined and left.
     pub(crate) fn subscribe(&self, room: &Arc<str>) {
         self.subscribed
             .lock()
@@ -187,7 +189,9 @@ impl Cluster {
         let _ = self.control.send(Control::Subscribe(room.clone()));
     }
 
-    /// The room lost its last local member.
+    /// The room lost its last local member (under the rooms' lock, as [`subscribe`]).
+    ///
+    /// [`subscribe`]: Self::subscribe
     pub(crate) fn unsubscribe(&self, room: &Arc<str>) {
         self.subscribed
             .lock()

@@ -51,23 +51,28 @@ impl Rooms {
         }
     }
 
-    /// Adds `peer` to its room; returns true when the room is new.
-    pub(crate) fn join(&self, peer: &Arc<Peer>) -> bool {
+    /// Adds `peer` to its room. `created` runs when the room is new, under the table's lock:
+    /// what it starts for the room (a cluster subscription) is then ordered with what
+    /// `leave`'s `gone` ends for it, even when a join and a leave race.
+    pub(crate) fn join(&self, peer: &Arc<Peer>, created: impl FnOnce()) {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         let members = rooms.entry(peer.room.clone()).or_default();
         // Past u32::MAX members the slot is wrong, and `leave` searches instead.
         let slot = u32::try_from(members.len()).unwrap_or(u32::MAX);
         peer.room_slot.store(slot, Relaxed);
         members.push(peer.clone());
-        members.len() == 1
+        if members.len() == 1 {
+            created();
+        }
     }
 
-    /// Removes `peer` from its room; returns true when the room is now gone. The last member
-    /// takes its place: one swap, whatever the room's size.
-    pub(crate) fn leave(&self, peer: &Arc<Peer>) -> bool {
+    /// Removes `peer` from its room. `gone` runs when that was the room's last member, under
+    /// the table's lock (see [`join`](Self::join)). The last member takes the leaver's place:
+    /// one swap, whatever the room's size.
+    pub(crate) fn leave(&self, peer: &Arc<Peer>, gone: impl FnOnce()) {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         let Some(members) = rooms.get_mut(&peer.room) else {
-            return false;
+            return;
         };
         let slot = peer.room_slot.load(Relaxed) as usize;
         let found = match members.get(slot) {
@@ -80,11 +85,10 @@ impl Rooms {
                 moved.room_slot.store(slot as u32, Relaxed);
             }
         }
-        let empty = members.is_empty();
-        if empty {
+        if members.is_empty() {
             rooms.remove(&peer.room);
+            gone();
         }
-        empty
     }
 
     pub(crate) fn members(&self, key: &str) -> Vec<Arc<Peer>> {

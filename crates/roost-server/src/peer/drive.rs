@@ -48,11 +48,13 @@ async fn open_and_drive<H: Handler>(
     let ws = Ws::from_peer(peer.clone());
     let room = Room::of_peer(&peer);
     let shared = peer.shared.clone();
-    let new_room = shared.rooms.join(&peer);
-    if let Some(cluster) = &shared.cluster {
-        if new_room {
+    let cluster = shared.cluster.as_deref();
+    shared.rooms.join(&peer, || {
+        if let Some(cluster) = cluster {
             cluster.subscribe(&peer.room);
         }
+    });
+    if let Some(cluster) = cluster {
         cluster.join(&peer.room, peer.id);
     }
     shared.metrics.connections_total.fetch_add(1, Relaxed);
@@ -363,11 +365,13 @@ async fn finish<H: Handler>(peer: &Arc<Peer>, handler: &H, ws: &Ws, socket: Opti
         .await;
     }
     let shared = &peer.shared;
-    let room_gone = shared.rooms.leave(peer);
-    if let Some(cluster) = &shared.cluster {
-        if room_gone {
+    let cluster = shared.cluster.as_deref();
+    shared.rooms.leave(peer, || {
+        if let Some(cluster) = cluster {
             cluster.unsubscribe(&peer.room);
         }
+    });
+    if let Some(cluster) = cluster {
         cluster.leave(&peer.room, peer.id);
     }
     shared.forget(peer.id);
