@@ -440,12 +440,25 @@ impl Shared {
         })
     }
 
+    /// Stores the attachment of connection `id`, unless a resume took its session: a spent
+    /// token means another connection holds the attachment now.
     pub(crate) async fn persist_attachment(
         &self,
         id: ConnectionId,
         bytes: Bytes,
     ) -> Result<(), AttachmentError> {
-        self.blocking(move |store| store.put(id, &bytes)).await
+        if self.used_tokens.is_used(id) {
+            return Err(AttachmentError::Resumed);
+        }
+        self.blocking(move |store| store.put(id, &bytes)).await?;
+        // The token is spent before the attachment moves, so a resume that moved it while
+        // this write ran is seen here: what the write left behind goes, or a restart (which
+        // forgets spent tokens) would let the old token reach it.
+        if self.used_tokens.is_used(id) {
+            self.discard_attachment(id).await;
+            return Err(AttachmentError::Resumed);
+        }
+        Ok(())
     }
 
     pub(crate) async fn discard_attachment(&self, id: ConnectionId) {

@@ -409,6 +409,17 @@ impl UsedTokens {
         }
     }
 
+    /// Whether the token for `id` was used (and not given back): a resume took, or is
+    /// taking, that connection's session.
+    #[must_use]
+    pub fn is_used(&self, id: ConnectionId) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_id
+            .contains_key(&id)
+    }
+
     /// How many ids are remembered.
     #[must_use]
     pub fn len(&self) -> usize {

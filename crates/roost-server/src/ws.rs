@@ -45,6 +45,11 @@ pub enum AttachmentError {
     /// (the operating system's error, such as a full disk).
     #[error("attachment could not be written durably")]
     Store(#[from] crate::store::StoreError),
+    /// The connection's session was resumed on another connection (with its resume token),
+    /// which took the attachment: this one writes no more, so that nothing it writes is left
+    /// behind under its spent token.
+    #[error("the session was resumed on another connection, which holds the attachment now")]
+    Resumed,
     /// The durable write could not run (the runtime is shutting down).
     #[error("attachment write was cancelled")]
     Cancelled,

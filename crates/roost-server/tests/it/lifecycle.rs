@@ -525,3 +525,58 @@ async fn a_resume_the_store_failed_can_be_tried_again_with_the_same_token() {
     let (mut resumed, _) = within(roost::connect(&url)).await.unwrap();
     assert_eq!(next_text(&mut resumed).await, "welcome back ann");
 }
+
+/// [`Named`], whose connections also write their attachment when they end, and report how
+/// that went.
+struct Diary(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Handler for Diary {
+    async fn on_open(&self, ws: &Ws, url: &http::Uri) -> Result<(), Disconnect> {
+        Named.on_open(ws, url).await
+    }
+
+    async fn on_message(&self, ws: &Ws, data: Data, room: &Room) -> Result<(), Disconnect> {
+        Named.on_message(ws, data, room).await
+    }
+
+    async fn on_close(&self, ws: &Ws, _code: CloseCode, _reason: &str) {
+        let written = ws.serialize_attachment(&"signed off").await;
+        let outcome = written.map_or_else(|error| error.to_string(), |()| "written".to_owned());
+        self.0.lock().unwrap().push(outcome);
+    }
+}
+
+#[tokio::test]
+async fn a_connection_whose_session_was_resumed_elsewhere_writes_no_more_attachments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        durable_dir: Some(dir.path().to_owned()),
+        ..ServerConfig::default()
+    };
+    let closes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = App::new().ws("/n", Diary(closes.clone())).unwrap();
+    let (addr, _handle) = start(app, config).await;
+    let mut first = connect(addr, "/n").await;
+    within(first.send(Message::text("ada"))).await.unwrap();
+    let token = next_text(&mut first).await;
+    let token = token.strip_prefix("resume ").unwrap().to_owned();
+    // The session moves to a new connection while the first still lingers.
+    let mut resumed = connect(addr, &format!("/n?resume={token}")).await;
+    assert_eq!(next_text(&mut resumed).await, "welcome back ada");
+    assert_eq!(
+        until_closed(&mut first).await.unwrap().code,
+        CloseCode(4001)
+    );
+    // The first connection's last write is refused: the only attachment is the one its
+    // session moved to, and no file waits under the spent token for a restart to reach.
+    eventually("the first connection ended", || {
+        !closes.lock().unwrap().is_empty()
+    })
+    .await;
+    let outcome = closes.lock().unwrap()[0].clone();
+    assert!(
+        outcome.contains("resumed on another connection"),
+        "{outcome}"
+    );
+    assert_eq!(attachment_files(dir.path()).len(), 1);
+}
