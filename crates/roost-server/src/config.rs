@@ -47,8 +47,8 @@ pub struct ServerConfig {
     /// Time without any frame from the peer after which the connection is dropped as dead.
     /// Default 75 s (two missed pings and a margin).
     pub idle_timeout: Duration,
-    /// How long a resume token stays valid, from its connection's handshake. Default 24
-    /// hours. It bounds the store too: an attachment not written for this long, whose
+    /// How long a resume token stays valid, from its connection's last attachment write (or
+    /// its handshake, before any). Default 24 hours. It bounds the store too: an attachment not written for this long, whose
     /// connection is gone, is removed (within a 24th of it), since no token can reach it.
     pub resume_ttl: Duration,
     /// Directory for durable attachments and the resume key (`--durable DIR`). Default none:

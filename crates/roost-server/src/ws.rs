@@ -139,13 +139,15 @@ impl Ws {
     }
 
     /// The token a client passes as `?resume=TOKEN` to get this connection's attachment back
-    /// on a new connection, once. Signed when asked for (the connection keeps only its expiry),
-    /// so every call returns the same token.
+    /// on a new connection, once. Signed when asked for (the connection keeps only its
+    /// expiry). It lasts `ServerConfig::resume_ttl` from the attachment's last write, or from
+    /// the handshake before any: a connection that outlives the TTL hands out a fresh token
+    /// after a write. Calls between two writes return the same token.
     pub fn resume_token(&self) -> String {
-        self.peer.shared.resume_key.issue(
-            self.peer.id,
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.peer.resume_expires.into()),
-        )
+        self.peer
+            .shared
+            .resume_key
+            .issue(self.peer.id, self.peer.resume_expires())
     }
 
     /// Sets the text request answered inside the codec, without waking the handler or
@@ -190,11 +192,13 @@ impl Ws {
                 max,
             });
         }
+        let written_from = std::time::SystemTime::now();
         self.peer
             .shared
             .persist_attachment(self.peer.id, bytes.clone())
             .await?;
         self.peer.set_attachment(Some(bytes));
+        self.peer.extend_resume(written_from);
         Ok(())
     }
 
@@ -206,9 +210,11 @@ impl Ws {
     /// Moves a persisted attachment (of a connection that is gone, e.g. before a crash) onto
     /// this connection: an operator's tool. Returns whether there was one to adopt.
     pub async fn adopt_attachment(&self, from: ConnectionId) -> Result<bool, AttachmentError> {
+        let moved_from = std::time::SystemTime::now();
         match self.peer.shared.adopt(from, self.peer.id).await? {
             Some(bytes) => {
                 self.peer.set_attachment(Some(bytes));
+                self.peer.extend_resume(moved_from);
                 Ok(true)
             }
             None => Ok(false),

@@ -170,8 +170,9 @@ pub(crate) struct Peer {
     /// and the expiry below keep the whole `Peer` in mimalloc's 256-byte size class.
     attachment: Mutex<Option<Arc<[u8]>>>,
     /// When the connection's resume token expires, in seconds since the Unix epoch (in 32
-    /// bits: good until 2106; [`crate::Ws::resume_token`] signs it on demand).
-    pub(crate) resume_expires: u32,
+    /// bits: good until 2106; [`crate::Ws::resume_token`] signs it on demand). Moved on by
+    /// each attachment write ([`Peer::extend_resume`]).
+    resume_expires: AtomicU32,
     /// Where the connection is in its room's member list ([`crate::room::Rooms`]), which
     /// keeps it up to date under its lock: leaving a room of any size is then one swap.
     pub(crate) room_slot: AtomicU32,
@@ -205,11 +206,7 @@ impl Peer {
         core: Connection,
         resume_expires: std::time::SystemTime,
     ) -> Self {
-        let resume_expires = resume_expires
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                u32::try_from(since.as_secs()).unwrap_or(u32::MAX)
-            });
+        let resume_expires = AtomicU32::new(unix_seconds(resume_expires));
         let compress_class = core
             .negotiated()
             .deflate
@@ -241,6 +238,20 @@ impl Peer {
             batching: AtomicBool::new(false),
             deferred: AtomicBool::new(false),
         }
+    }
+
+    /// When the connection's resume token expires.
+    pub(crate) fn resume_expires(&self) -> std::time::SystemTime {
+        let seconds = self.resume_expires.load(Relaxed);
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds.into())
+    }
+
+    /// The attachment was written (or moved here) no earlier than `written_from`: a token
+    /// signed from now on lasts the resume TTL from then. Rounded down, so a token never
+    /// outlives the attachment it reaches, which expires the TTL after its write.
+    pub(crate) fn extend_resume(&self, written_from: std::time::SystemTime) {
+        let expires = unix_seconds(written_from + self.shared.config.resume_ttl);
+        self.resume_expires.fetch_max(expires, Relaxed);
     }
 
     /// The connection's attachment, if it has one.
@@ -512,6 +523,14 @@ impl Peer {
             None => result,
         }
     }
+}
+
+/// `time` in whole seconds since the Unix epoch (rounded down), within 32 bits.
+fn unix_seconds(time: std::time::SystemTime) -> u32 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u32::try_from(since.as_secs()).unwrap_or(u32::MAX)
+        })
 }
 
 #[cfg(test)]

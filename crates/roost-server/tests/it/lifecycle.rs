@@ -580,3 +580,28 @@ async fn a_connection_whose_session_was_resumed_elsewhere_writes_no_more_attachm
     );
     assert_eq!(attachment_files(dir.path()).len(), 1);
 }
+
+#[tokio::test]
+async fn a_token_lasts_the_resume_ttl_from_the_attachments_last_write() {
+    let ttl = Duration::from_secs(3);
+    let config = ServerConfig {
+        resume_ttl: ttl,
+        ..ServerConfig::default()
+    };
+    let (addr, _handle) = start(App::new().ws("/n", Named).unwrap(), config).await;
+    let mut ws = connect(addr, "/n").await;
+    let connected = std::time::Instant::now();
+    // The attachment is written two seconds into the connection; the token handed out then
+    // lasts the TTL from that write, not from the handshake.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    within(ws.send(Message::text("ada"))).await.unwrap();
+    let token = next_text(&mut ws).await;
+    let token = token.strip_prefix("resume ").unwrap().to_owned();
+    drop(ws);
+    // Past the TTL after the handshake (the token would have expired), well within it after
+    // the write.
+    let after_handshake = ttl + Duration::from_millis(300);
+    tokio::time::sleep(after_handshake.saturating_sub(connected.elapsed())).await;
+    let mut resumed = connect(addr, &format!("/n?resume={token}")).await;
+    assert_eq!(next_text(&mut resumed).await, "welcome back ada");
+}
