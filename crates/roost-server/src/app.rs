@@ -219,6 +219,7 @@ impl App {
             store,
             resume_key,
             used_tokens: UsedTokens::new(),
+            attachment_moves: tokio::sync::RwLock::new(()),
             open: AtomicUsize::new(0),
             tasks: AtomicUsize::new(0),
             tasks_done: Notify::new(),
@@ -297,6 +298,11 @@ pub(crate) struct Shared {
     store: Arc<dyn AttachmentStore>,
     pub(crate) resume_key: ResumeKey,
     used_tokens: UsedTokens,
+    /// Held shared by attachment writes and exclusively by a resume's move: a write either
+    /// ends before the move (which then takes its bytes) or starts after the token was spent
+    /// (and is refused). Resumes are rare next to writes, and each waits only for the writes
+    /// under way.
+    attachment_moves: tokio::sync::RwLock<()>,
     /// WebSocket connections open now, for `max_connections`.
     open: AtomicUsize,
     /// Connection tasks running (handshakes included), for the graceful shutdown.
@@ -447,29 +453,27 @@ impl Shared {
         id: ConnectionId,
         bytes: Bytes,
     ) -> Result<(), AttachmentError> {
+        let _no_move = self.attachment_moves.read().await;
+        // The token is spent before the attachment moves: a write refused here leaves nothing
+        // under the spent token for a restart (which forgets spent tokens) to hand out.
         if self.used_tokens.is_used(id) {
             return Err(AttachmentError::Resumed);
         }
-        self.blocking(move |store| store.put(id, &bytes)).await?;
-        // The token is spent before the attachment moves, so a resume that moved it while
-        // this write ran is seen here: what the write left behind goes, or a restart (which
-        // forgets spent tokens) would let the old token reach it.
-        if self.used_tokens.is_used(id) {
-            self.discard_attachment(id).await;
-            return Err(AttachmentError::Resumed);
-        }
-        Ok(())
+        self.blocking(move |store| store.put(id, &bytes)).await
     }
 
     pub(crate) async fn discard_attachment(&self, id: ConnectionId) {
         let _ = self.blocking(move |store| store.remove(id)).await;
     }
 
+    /// Moves the attachment of `from` to `to` once the attachment writes under way ended
+    /// (see `attachment_moves`).
     pub(crate) async fn adopt(
         &self,
         from: ConnectionId,
         to: ConnectionId,
     ) -> Result<Option<Bytes>, AttachmentError> {
+        let _writes_done = self.attachment_moves.write().await;
         Ok(self
             .blocking(move |store| store.adopt(from, to))
             .await?
