@@ -194,13 +194,14 @@ impl App {
         };
         let mut config = self.config;
         // What the codec queues by itself (pongs, auto-responses) for a peer that does not
-        // read stays within the outbound limit too.
-        let limits = config.protocol.limits();
-        if limits.max_queued_output > config.max_outbound {
+        // read stays near the outbound limit too. Not below twice what a batch holds back in
+        // the codec, or a reader that reads would see pongs skipped within a batch.
+        let codec_limit = config.max_outbound.max(2 * crate::peer::CORK_LIMIT);
+        if config.protocol.limits().max_queued_output > codec_limit {
             config.protocol = config
                 .protocol
                 .to_builder()
-                .max_queued_output(config.max_outbound.max(1))
+                .max_queued_output(codec_limit)
                 .build()
                 .map_err(io::Error::other)?;
         }

@@ -32,8 +32,8 @@ pub struct ServerConfig {
     /// Bytes that may wait in one connection's outbound queue. Default 1 MiB: a reader that
     /// never reads costs at most this much plus one message. A message for a full queue meets
     /// the [`BackpressurePolicy`]. What the codec answers by itself (pongs, the
-    /// auto-response) counts as messages of at most this size: the protocol's
-    /// `max_queued_output` is lowered to it when larger.
+    /// auto-response) counts as messages of at most this size (or 128 KiB, if more): the
+    /// protocol's `max_queued_output` is lowered to it when larger.
     pub max_outbound: usize,
     /// What happens past `max_outbound`. Default: close with 1013 (try again later).
     pub backpressure: BackpressurePolicy,

@@ -202,10 +202,12 @@ where
                 }
                 debug!("no frame for the idle timeout; closing with 1001");
                 let frame = roost::CloseFrame::new(roost::CloseCode::GOING_AWAY, "idle timeout");
-                ws.close(Some(frame)).await?;
-                // The reply, if the peer is still there, within the close timeout.
+                // Our close, and the reply if the peer is still there, within the close
+                // timeout: a peer that reads nothing cannot hold the connection with it.
                 let _ = tokio::time::timeout(close_timeout, async {
+                    ws.close(Some(frame)).await?;
                     while ws.recv().await.is_some() {}
+                    Ok::<_, roost::Error>(())
                 })
                 .await;
                 break;

@@ -445,8 +445,10 @@ impl Connection {
         self.events.push_back(Event::Failed(error));
     }
 
-    /// The next event, or `None` when there is nothing to do yet. Bytes put into
-    /// [`Connection::input_buffer`] are parsed once [`Connection::receive_input`] was called.
+    /// The next event, or `None` when there is nothing to do yet. Hand bytes put into
+    /// [`Connection::input_buffer`] over with [`Connection::receive_input`], which dates
+    /// them; before the first call they wait for it (later, they are parsed with the time of
+    /// the last one).
     #[must_use]
     pub fn next_event(&mut self) -> Option<Event> {
         // Before the first receive there is no time to date what parsing queues.

@@ -58,7 +58,7 @@ use outbound::{Outbound, Socket};
 pub(crate) use sleep::{Due, Sleeper};
 
 /// Most bytes a connection holds back while it works through a batch of messages.
-const CORK_LIMIT: usize = 64 << 10;
+pub(crate) const CORK_LIMIT: usize = 64 << 10;
 
 /// Bytes read from a socket per read call, in a buffer shared by every connection of a thread.
 const READ_CHUNK: usize = 64 << 10;

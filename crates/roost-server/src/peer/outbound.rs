@@ -157,7 +157,7 @@ impl Peer {
             drop(out);
             let _ = self.flush_ready();
             out = self.out();
-            if out.closed {
+            if out.refuses(closing) {
                 return SendOutcome::Closed;
             }
             if deferred && !out.queue.is_empty() {
@@ -285,9 +285,12 @@ impl Peer {
     /// Sends the close the backpressure policy asked for, if it did. Called by the
     /// connection's task with no lock held.
     pub(super) fn close_if_kicked(&self) {
-        let kick = self.out().kick.take();
+        let kick = self.out().kick;
         if let Some(code) = kick {
+            // The kick stays until the close frame is queued: meanwhile the queue takes
+            // nothing else (see `refuses`).
             self.close(code, "outbound queue full");
+            self.out().kick = None;
         }
     }
 

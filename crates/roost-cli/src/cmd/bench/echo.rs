@@ -170,7 +170,7 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
     for i in 0..args.connections {
         let (payloads, received, stop) = (payloads.clone(), received.clone(), stop.clone());
         let connection = if args.raw_tcp {
-            let tcp = tokio::net::TcpStream::connect(target.server).await?;
+            let tcp = super::connect_tcp(target.server, i, args.common.sources).await?;
             tcp.set_nodelay(true)?;
             tokio::spawn(async move { pump_raw(tcp, &payloads, in_flight, &received, &stop).await })
         } else {

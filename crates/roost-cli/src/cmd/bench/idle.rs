@@ -31,7 +31,7 @@ pub(crate) struct IdleArgs {
     server_pid: u32,
     /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, … so more
     /// than one address's ephemeral ports can be used.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=253))]
     sources: u8,
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 256)]

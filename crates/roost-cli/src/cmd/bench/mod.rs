@@ -69,7 +69,7 @@ pub(crate) struct Common {
     #[arg(long)]
     deflate: bool,
     /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, …
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=253))]
     sources: u8,
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
