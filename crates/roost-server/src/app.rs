@@ -860,9 +860,10 @@ const EXPIRY_PASSES_PER_TTL: u32 = 24;
 
 /// Removes the attachments no resume token can reach any more, until the server is gone.
 ///
-/// A token expires `resume_ttl` after its connection's handshake, and the attachment it
-/// reaches was written (or moved to that connection) after the handshake; so an attachment
-/// not written for `resume_ttl` has no valid token left. Those of this process's live
+/// A token expires `resume_ttl` after its connection's handshake or its attachment's last
+/// write before the token was signed, and the attachment it reaches was written (or moved to
+/// that connection) no earlier; so an attachment not written for `resume_ttl` has no valid
+/// token left. Those of this process's live
 /// connections stay: they are still in use. The rest, left by connections that ended without
 /// a clean 1000 (kept for a resume that never came), by a crash or by another process of the
 /// cluster, are removed. Without this the store would grow with every dropped connection.

@@ -48,8 +48,9 @@ pub struct ServerConfig {
     /// Default 75 s (two missed pings and a margin).
     pub idle_timeout: Duration,
     /// How long a resume token stays valid, from its connection's last attachment write (or
-    /// its handshake, before any). Default 24 hours. It bounds the store too: an attachment not written for this long, whose
-    /// connection is gone, is removed (within a 24th of it), since no token can reach it.
+    /// its handshake, before any). Default 24 hours. It bounds the store too: an attachment
+    /// not written for this long, whose connection is gone, is removed (within a 24th of it),
+    /// since no token can reach it.
     pub resume_ttl: Duration,
     /// Directory for durable attachments and the resume key (`--durable DIR`). Default none:
     /// attachments live in memory and resume tokens only work while the process lives.
