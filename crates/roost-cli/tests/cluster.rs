@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::{Server, eventually, http_get, join, next_text, serve, within};
-use roost::Message;
+use roost::{CloseCode, Message};
 
 /// A redis-server on a free loopback port, without persistence; killed when dropped.
 struct Redis {
@@ -179,6 +179,82 @@ async fn a_killed_process_leaves_presence_and_its_clients_resume_elsewhere() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("401") || error.contains("410"), "{error}");
+}
+
+/// Reads `ws` until its close frame; returns the code.
+async fn close_code(ws: &mut common::Client) -> Option<CloseCode> {
+    loop {
+        match within(ws.recv()).await {
+            Some(Ok(Message::Close(frame))) => return frame.map(|frame| frame.code),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_resume_on_another_process_closes_the_connection_it_displaced() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let (mut carol, carol_token) = join(a.addr, "d", "carol").await;
+    let url = format!("ws://{}/chat/d?resume={carol_token}", b.addr);
+    let (mut resumed, _) = within(roost::connect(&url)).await.unwrap();
+    assert_eq!(next_text(&mut resumed).await, "welcome back carol");
+    // The old connection still lived on the other process: it is told why it ends.
+    assert_eq!(close_code(&mut carol).await, Some(CloseCode(4001)));
+}
+
+#[tokio::test]
+async fn a_process_that_missed_a_resume_closes_the_displaced_connection_once_back() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let (mut carol, carol_token) = join(a.addr, "m", "carol").await;
+    // a's subscription drops and cannot come back (no connection slot is left), while its
+    // other connections to Redis, and b's, stay up.
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let clients: String = redis::cmd("INFO").arg("clients").query(&mut admin).unwrap();
+    let connected: usize = clients
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let subscribers = 2; // one per node
+    let () = redis::pipe()
+        .atomic()
+        .cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(connected - subscribers)
+        .ignore()
+        .cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .ignore()
+        .query(&mut admin)
+        .unwrap();
+    eventually(
+        "a's subscription is down",
+        Duration::from_secs(5),
+        || async { http_get(a.addr, "/readyz").await.0 == 503 },
+    )
+    .await;
+    let url = format!("ws://{}/chat/m?resume={carol_token}", b.addr);
+    let (mut resumed, _) = within(roost::connect(&url)).await.unwrap();
+    assert_eq!(next_text(&mut resumed).await, "welcome back carol");
+    // b's announcement went out while a was not listening; a finds out once it is back.
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(10_000)
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(close_code(&mut carol).await, Some(CloseCode(4001)));
 }
 
 #[tokio::test]

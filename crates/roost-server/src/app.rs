@@ -29,7 +29,7 @@ use tokio::{
 
 use crate::{
     AttachmentError, Metrics, ServerConfig,
-    broker::Cluster,
+    broker::{Cluster, Incoming},
     handler::{DynHandler, DynHttpHandler, Handler, HttpHandler, not_found},
     peer::{Due, Peer},
     plain_http::serve_http,
@@ -231,14 +231,23 @@ impl App {
         tokio::spawn(expire_attachments(Arc::downgrade(&shared)));
         sleepers::spawn_waker_thread(Arc::downgrade(&shared), sleeper_poll)?;
         if let Some(mut incoming) = incoming {
-            // Messages from the other processes, delivered to this one's members.
+            // What the other processes say: messages for this one's members, and resumes
+            // that displaced a connection of this one.
             let shared = Arc::downgrade(&shared);
             tokio::spawn(async move {
-                while let Some(message) = incoming.recv().await {
+                while let Some(incoming) = incoming.recv().await {
                     let Some(shared) = shared.upgrade() else {
                         return;
                     };
-                    Room::new(message.room, shared).deliver_local(message.data);
+                    match incoming {
+                        Incoming::Message { room, data } => {
+                            Room::new(room, shared).deliver_local(data);
+                        }
+                        Incoming::Resumed(id) => shared.displace(id),
+                        Incoming::Subscribed => {
+                            tokio::spawn(displace_moved(shared));
+                        }
+                    }
                 }
             });
         }
@@ -260,7 +269,9 @@ impl App {
 /// directory when there is one, in memory otherwise.
 fn open_store(config: &ServerConfig) -> io::Result<(Arc<dyn AttachmentStore>, ResumeKey)> {
     if let Some(cluster) = &config.cluster {
-        let store = RedisStore::open(&cluster.redis_url).map_err(io::Error::other)?;
+        let store = RedisStore::open(&cluster.redis_url)
+            .map_err(io::Error::other)?
+            .with_moved_ttl(config.resume_ttl);
         let key = store.shared_resume_key().map_err(io::Error::other)?;
         return Ok((Arc::new(store), key));
     }
@@ -421,6 +432,15 @@ impl Shared {
             .remove(&id);
     }
 
+    /// Ends connection `id`, if it is here, because a resume took its session and its
+    /// attachment.
+    pub(crate) fn displace(&self, id: ConnectionId) {
+        if let Some(peer) = self.peer(id) {
+            peer.set_attachment(None);
+            peer.close(roost::CloseCode(4001), "resumed on another connection");
+        }
+    }
+
     fn peer(&self, id: ConnectionId) -> Option<Arc<Peer>> {
         self.peers
             .lock()
@@ -438,6 +458,9 @@ impl Shared {
             .await
             .map_err(|_| AttachmentError::Cancelled)?;
         result.map_err(|error| {
+            if let crate::store::StoreError::Moved { .. } = error {
+                return AttachmentError::Resumed;
+            }
             self.metrics.durable_write_errors.fetch_add(1, Relaxed);
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
@@ -769,10 +792,11 @@ async fn accept_ws(
                 return;
             }
         }
-        // The old connection, if it still lingers, has lost its attachment to this one.
-        if let Some(old_peer) = shared.peer(old) {
-            old_peer.set_attachment(None);
-            old_peer.close(roost::CloseCode(4001), "resumed on another connection");
+        // The old connection, if it still lingers here or on another process, has lost its
+        // attachment to this one.
+        shared.displace(old);
+        if let Some(cluster) = &shared.cluster {
+            cluster.announce_resumed(old);
         }
         shared.metrics.resumes.fetch_add(1, Relaxed);
     }
@@ -815,6 +839,25 @@ async fn accept_ws(
             _task: task,
         },
     );
+}
+
+/// Closes the connections here whose sessions a resume on another process took while this
+/// one was not listening for announcements (see [`crate::broker`]).
+async fn displace_moved(shared: Arc<Shared>) {
+    let Some(cluster) = &shared.cluster else {
+        return;
+    };
+    let ids: Vec<ConnectionId> = shared
+        .peers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .copied()
+        .collect();
+    match cluster.moved_among(&ids).await {
+        Ok(moved) => moved.into_iter().for_each(|id| shared.displace(id)),
+        Err(error) => tracing::warn!(%error, "could not look for resumed connections"),
+    }
 }
 
 /// Keepalive pings and idle timeouts for hibernating connections, which have no task and no

@@ -21,6 +21,12 @@
 //!
 //! Attachments and resume tokens work across nodes through the Redis attachment store
 //! ([`crate::store::redis`]), whose atomic adopt keeps a token usable once cluster-wide.
+//! The connection a resume displaced may live on another node, where it is closed: the node
+//! that resumed the session publishes the old connection's id on `roost:resumed`, which every
+//! node subscribes to, and the node holding that connection closes it with 4001. A node whose
+//! subscription was down may have missed some: once it is back, it asks Redis which of its
+//! connections' ids are marked moved, and closes those. Until then the store refuses the
+//! displaced connection's attachment writes.
 
 use std::{
     collections::HashSet,
@@ -75,15 +81,26 @@ pub enum RemoteDelivery {
     Dropped,
 }
 
+/// The channel on which a node announces the id of the connection a resume displaced.
+const RESUMED_CHANNEL: &str = "roost:resumed";
+
+/// Ids asked about per round trip when looking for displaced connections.
+const MOVED_QUERY_CHUNK: usize = 1024;
+
 enum Control {
     Subscribe(Arc<str>),
     Unsubscribe(Arc<str>),
 }
 
-/// A message from another node, for the local members of `room`.
-pub(crate) struct Incoming {
-    pub(crate) room: Arc<str>,
-    pub(crate) data: Data,
+/// What the other nodes tell this one.
+pub(crate) enum Incoming {
+    /// A message for the local members of `room`.
+    Message { room: Arc<str>, data: Data },
+    /// A resume on another node took the session of connection `0`; if it is here, it ends.
+    Resumed(ConnectionId),
+    /// The subscription is (again) up: announcements made while it was down were missed, so
+    /// the local connections are to be checked with [`Cluster::moved_among`].
+    Subscribed,
 }
 
 /// Counters of the cluster's work.
@@ -198,6 +215,48 @@ impl Cluster {
             .unwrap_or_else(|e| e.into_inner())
             .remove(room);
         let _ = self.control.send(Control::Unsubscribe(room.clone()));
+    }
+
+    /// Tells the other nodes that a resume here took the session of connection `id`, so the
+    /// node holding it closes it (in the background; retried for a short while, like a
+    /// broadcast).
+    pub(crate) fn announce_resumed(&self, id: ConnectionId) {
+        let mut commands = self.commands.clone();
+        tokio::spawn(async move {
+            for attempt in 0..20u64 {
+                let result: Result<i64, _> =
+                    commands.publish(RESUMED_CHANNEL, id.to_string()).await;
+                if result.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50 + attempt * 50)).await;
+            }
+            tracing::warn!(%id, "could not announce a resume to the cluster");
+        });
+    }
+
+    /// Which of `ids` a resume (on any node) has moved away: those connections' sessions
+    /// continue elsewhere.
+    pub(crate) async fn moved_among(
+        &self,
+        ids: &[ConnectionId],
+    ) -> Result<Vec<ConnectionId>, ClusterError> {
+        let mut commands = self.commands.clone();
+        let mut moved = Vec::new();
+        for chunk in ids.chunks(MOVED_QUERY_CHUNK) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.exists(crate::store::redis::moved_key(*id));
+            }
+            let marked: Vec<bool> = pipe.query_async(&mut commands).await?;
+            moved.extend(
+                chunk
+                    .iter()
+                    .zip(marked)
+                    .filter_map(|(id, marked)| marked.then_some(*id)),
+            );
+        }
+        Ok(moved)
     }
 
     /// Records a connection in the room's cluster-wide presence (in the background).
@@ -325,7 +384,7 @@ async fn subscriber(
                 .collect(),
             None => return,
         };
-        let mut healthy = true;
+        let mut healthy = sink.subscribe(RESUMED_CHANNEL).await.is_ok();
         for room in &rooms {
             healthy &= sink.subscribe(channel(room)).await.is_ok();
         }
@@ -335,6 +394,9 @@ async fn subscriber(
         if let Some(c) = cluster.upgrade() {
             c.ready.store(true, Relaxed);
             tracing::info!(rooms = rooms.len(), "cluster subscription up");
+        }
+        if incoming.send(Incoming::Subscribed).is_err() {
+            return;
         }
         backoff = Duration::from_millis(50);
         loop {
@@ -351,7 +413,19 @@ async fn subscriber(
                 }
                 message = stream.next() => {
                     let Some(message) = message else { break };
-                    let Some(room) = message.get_channel_name().strip_prefix("roost:room:") else {
+                    let channel_name = message.get_channel_name();
+                    if channel_name == RESUMED_CHANNEL {
+                        let id = std::str::from_utf8(message.get_payload_bytes())
+                            .ok()
+                            .and_then(|id| id.parse().ok());
+                        if let Some(id) = id
+                            && incoming.send(Incoming::Resumed(id)).is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    let Some(room) = channel_name.strip_prefix("roost:room:") else {
                         continue;
                     };
                     let payload = message.get_payload_bytes();
@@ -373,7 +447,7 @@ async fn subscriber(
                     if let Some(c) = cluster.upgrade() {
                         c.metrics.received.fetch_add(1, Relaxed);
                     }
-                    if incoming.send(Incoming { room: room.into(), data }).is_err() {
+                    if incoming.send(Incoming::Message { room: room.into(), data }).is_err() {
                         return;
                     }
                 }

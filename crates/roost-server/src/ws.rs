@@ -47,7 +47,7 @@ pub enum AttachmentError {
     Store(#[from] crate::store::StoreError),
     /// The connection's session was resumed on another connection (with its resume token),
     /// which took the attachment: this one writes no more, so that nothing it writes is left
-    /// behind under its spent token.
+    /// behind under its spent token. The server closes it with 4001.
     #[error("the session was resumed on another connection, which holds the attachment now")]
     Resumed,
     /// The durable write could not run (the runtime is shutting down).
@@ -193,10 +193,16 @@ impl Ws {
             });
         }
         let written_from = std::time::SystemTime::now();
-        self.peer
+        let persisted = self
+            .peer
             .shared
             .persist_attachment(self.peer.id, bytes.clone())
-            .await?;
+            .await;
+        if let Err(AttachmentError::Resumed) = persisted {
+            // Found out here when the resume happened on another process.
+            self.peer.shared.displace(self.peer.id);
+        }
+        persisted?;
         self.peer.set_attachment(Some(bytes));
         self.peer.extend_resume(written_from);
         Ok(())

@@ -169,6 +169,11 @@ pub struct StoredAttachment {
 ///   not known to survive a crash. A caller never reports such a put as done.
 /// - [`adopt`](Self::adopt) moves an attachment exactly once: of several adopts of the same
 ///   `from`, at most one returns `Ok(Some(_))`.
+///
+/// A store that several processes share also refuses, with [`StoreError::Moved`], a `put`
+/// under an id an `adopt` moved away: the connection that lost its session may live in
+/// another process, where the server cannot see that its token was spent. A store of one
+/// process need not (the server refuses those writes itself).
 pub trait AttachmentStore: Send + Sync + 'static {
     /// Stores `bytes` as the attachment of `id`, replacing any previous one.
     ///
@@ -234,6 +239,14 @@ pub enum StoreError {
         /// The underlying error.
         #[source]
         source: ::redis::RedisError,
+    },
+    /// The attachment of `id` was moved to another connection by a resume (possibly in
+    /// another process), so writes under `id` are refused: that connection's session
+    /// continues elsewhere. See [`AttachmentStore`].
+    #[error("the attachment of connection {id} was moved to another connection by a resume")]
+    Moved {
+        /// The connection whose session was resumed elsewhere.
+        id: ConnectionId,
     },
     /// The cluster's resume key stored in Redis is not 32 bytes long.
     #[error("resume key in redis at {url} holds {len} bytes, expected 32")]

@@ -7,6 +7,7 @@
 //! roost:att:<id>      hash, one per attachment (<id> = the 32 hex digits of the ConnectionId)
 //!   data              the attachment bytes, binary
 //!   at                when it was last written: milliseconds since the Unix epoch, decimal
+//! roost:moved:<id>    string, present for a while after <id>'s attachment was adopted away
 //! roost:resume-key    string, the cluster's 32-byte resume key (see RedisStore::shared_resume_key)
 //! ```
 //!
@@ -15,12 +16,20 @@
 //!
 //! # Atomicity
 //!
-//! - `put` is one `HSET` of both fields, so a reader sees the old hash or the new one.
-//! - `adopt` is a Lua script (`EXISTS from`, `RENAME from to`, `HSET to at`, `HGET to data`).
-//!   Redis runs a script without interleaving any other command, so of concurrent adopts of
-//!   one id, whichever process they come from, exactly one finds it: this is what makes a
-//!   resume token single-use across the cluster. Like [`DirStore`](super::DirStore), the
-//!   adopted attachment is dated at the move (`at` is the time the caller passes).
+//! - `put` is a Lua script: unless `roost:moved:<id>` exists, one `HSET` of both fields, so a
+//!   reader sees the old hash or the new one.
+//! - `adopt` is a Lua script (`EXISTS from`, `RENAME from to`, `HSET to at`, `SET moved:from`
+//!   with a time to live, `DEL moved:to`, `HGET to data`). Redis runs a script without
+//!   interleaving any other command, so of concurrent adopts of one id, whichever process
+//!   they come from, exactly one finds it: this is what makes a resume token single-use
+//!   across the cluster. Like [`DirStore`](super::DirStore), the adopted attachment is dated
+//!   at the move (`at` is the time the caller passes).
+//! - The `moved` marker is what keeps the connection that lost its session, which may live
+//!   in another process, from writing its attachment back under its spent id, where a token
+//!   could reach it again: `put` refuses with [`StoreError::Moved`] while the marker lives
+//!   ([`RedisStore::with_moved_ttl`], by default [`DEFAULT_MOVED_TTL`]). Adopting an
+//!   attachment back onto an id (a resume whose client vanished before its handshake ended)
+//!   removes that id's marker.
 //!
 //! # Connections and failures
 //!
@@ -73,21 +82,42 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one read or write on a connection may take: 5 seconds, for the same reason.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The prefix of the keys marking an id whose attachment was adopted away; the id's text form
+/// follows it.
+pub const MOVED_PREFIX: &str = "roost:moved:";
+
+/// How long a `moved` marker lives unless [`RedisStore::with_moved_ttl`] says otherwise: 24
+/// hours, the server's default `resume_ttl`.
+pub const DEFAULT_MOVED_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// How many keys one `SCAN` round asks for while listing.
 const SCAN_COUNT: usize = 512;
 
 /// The length of the resume key, in bytes.
 const RESUME_KEY_LEN: usize = 32;
 
-/// Moves the hash `KEYS[1]` to `KEYS[2]` (replacing it) and returns its `data`, or nil if
-/// `KEYS[1]` does not exist.
+/// Moves the hash `KEYS[1]` to `KEYS[2]` (replacing it), dates it `ARGV[1]`, marks `KEYS[1]`
+/// moved (the marker `KEYS[3]` lives `ARGV[2]` milliseconds), unmarks `KEYS[2]` (its marker
+/// `KEYS[4]`) and returns the `data`; or nil if `KEYS[1]` does not exist.
 const ADOPT_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then
     return false
 end
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[2], 'at', ARGV[1])
+redis.call('SET', KEYS[3], 1, 'PX', ARGV[2])
+redis.call('DEL', KEYS[4])
 return redis.call('HGET', KEYS[2], 'data')
+";
+
+/// Writes `ARGV[1]` as the data of the hash `KEYS[1]`, dated `ARGV[2]`, and returns 1; or
+/// returns 0 and writes nothing if the marker `KEYS[2]` says the attachment was moved away.
+const PUT_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then
+    return 0
+end
+redis.call('HSET', KEYS[1], 'data', ARGV[1], 'at', ARGV[2])
+return 1
 ";
 
 /// An [`AttachmentStore`] in Redis, shared by several roost processes. See the
@@ -108,8 +138,11 @@ pub struct RedisStore {
     url: String,
     /// Connections not in use, and how many exist.
     pool: Pool,
-    /// The `adopt` script; its SHA-1 is computed once.
+    /// The `adopt` and `put` scripts; their SHA-1s are computed once.
     adopt: Script,
+    put: Script,
+    /// How long an id stays marked moved after an adopt.
+    moved_ttl: Duration,
 }
 
 impl RedisStore {
@@ -128,9 +161,25 @@ impl RedisStore {
             url: masked,
             pool: Pool::default(),
             adopt: Script::new(ADOPT_SCRIPT),
+            put: Script::new(PUT_SCRIPT),
+            moved_ttl: DEFAULT_MOVED_TTL,
         };
         store.run("reach", |connection| redis::cmd("PING").exec(connection))?;
         Ok(store)
+    }
+
+    /// Sets how long an id whose attachment was adopted away keeps refusing writes
+    /// ([`StoreError::Moved`]); at least a millisecond.
+    ///
+    /// The server sets it to its `resume_ttl`: the displaced connection's writes are refused
+    /// from the move on, so every token that names its id expires within `resume_ttl` of the
+    /// move; and the server closes that connection long before: the resuming process
+    /// announces the resume to the cluster, and the process holding the old connection
+    /// closes it with 4001.
+    #[must_use]
+    pub fn with_moved_ttl(mut self, ttl: Duration) -> Self {
+        self.moved_ttl = ttl.max(Duration::from_millis(1));
+        self
     }
 
     /// The resume key every process using this Redis shares, so a token issued by one
@@ -217,17 +266,21 @@ impl fmt::Debug for RedisStore {
 
 impl AttachmentStore for RedisStore {
     fn put(&self, id: ConnectionId, bytes: &[u8]) -> Result<(), StoreError> {
-        let key = attachment_key(id);
+        let (key, moved) = (attachment_key(id), moved_key(id));
         let at = unix_millis(SystemTime::now());
-        self.run("store an attachment in", |connection| {
-            redis::cmd("HSET")
-                .arg(&key)
-                .arg("data")
+        let written: bool = self.run("store an attachment in", |connection| {
+            self.put
+                .key(&key)
+                .key(&moved)
                 .arg(bytes)
-                .arg("at")
                 .arg(at)
-                .exec(connection)
-        })
+                .invoke(connection)
+        })?;
+        if written {
+            Ok(())
+        } else {
+            Err(StoreError::Moved { id })
+        }
     }
 
     fn get(&self, id: ConnectionId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -255,10 +308,20 @@ impl AttachmentStore for RedisStore {
             // Nothing to move.
             return self.get(from);
         }
-        let (from, to) = (attachment_key(from), attachment_key(to));
+        let keys = [
+            attachment_key(from),
+            attachment_key(to),
+            moved_key(from),
+            moved_key(to),
+        ];
         let at = unix_millis(SystemTime::now());
+        let moved_ttl = u64::try_from(self.moved_ttl.as_millis()).unwrap_or(u64::MAX);
         self.run("adopt an attachment in", |connection| {
-            self.adopt.key(&from).key(&to).arg(at).invoke(connection)
+            self.adopt
+                .key(&keys[..])
+                .arg(at)
+                .arg(moved_ttl)
+                .invoke(connection)
         })
     }
 }
@@ -314,6 +377,11 @@ fn list_on(connection: &mut Connection) -> RedisResult<Vec<StoredAttachment>> {
 /// The Redis key of `id`'s attachment.
 fn attachment_key(id: ConnectionId) -> String {
     format!("{ATTACHMENT_PREFIX}{id}")
+}
+
+/// The Redis key marking `id` as adopted away.
+pub(crate) fn moved_key(id: ConnectionId) -> String {
+    format!("{MOVED_PREFIX}{id}")
 }
 
 /// The id in an attachment key, or `None` for any other key.

@@ -271,6 +271,62 @@ fn adopt_moves_once() {
 }
 
 #[test]
+fn writes_under_an_adopted_id_are_refused_cluster_wide_until_it_is_adopted_back() {
+    let server = RedisServer::start();
+    let here = RedisStore::open(&server.url()).expect("open");
+    // The displaced connection lives in another process, with a store of its own.
+    let there = RedisStore::open(&server.url()).expect("open");
+    let (old, new) = (ConnectionId::random(), ConnectionId::random());
+    there.put(old, b"before").expect("put");
+    assert!(here.adopt(old, new).expect("adopt").is_some());
+    let refused = there.put(old, b"after the move").unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Moved { id } if id == old),
+        "{refused:?}"
+    );
+    assert_eq!(there.get(old).expect("get"), None, "nothing was written");
+    assert_eq!(
+        here.adopt(old, ConnectionId::random()).expect("again"),
+        None
+    );
+    // The new connection writes as usual.
+    there.put(new, b"new state").expect("put under the new id");
+    // A resume whose client vanished gives the attachment back: the old id writes again.
+    assert!(here.adopt(new, old).expect("adopt back").is_some());
+    there
+        .put(old, b"given back")
+        .expect("put after the way back");
+    assert!(matches!(
+        there.put(new, b"x").unwrap_err(),
+        StoreError::Moved { .. }
+    ));
+}
+
+#[test]
+fn the_moved_mark_lasts_its_ttl() {
+    let server = RedisServer::start();
+    let ttl = Duration::from_millis(300);
+    let store = RedisStore::open(&server.url())
+        .expect("open")
+        .with_moved_ttl(ttl);
+    let (old, new) = (ConnectionId::random(), ConnectionId::random());
+    store.put(old, b"state").expect("put");
+    assert!(store.adopt(old, new).expect("adopt").is_some());
+    let mut raw = raw(&server);
+    let left: i64 = redis::cmd("PTTL")
+        .arg(moved_key(old))
+        .query(&mut raw)
+        .expect("pttl");
+    assert!(0 < left && left <= 300, "{left} ms left");
+    // Bounded: the mark is gone within a few times its TTL or the test fails.
+    let started = Instant::now();
+    while store.put(old, b"late").is_err() {
+        assert!(started.elapsed() < 10 * ttl, "the mark outlived its TTL");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn concurrent_adopts_across_stores_have_one_winner() {
     let server = RedisServer::start();
     // Two stores stand for two roost processes.
