@@ -4,8 +4,9 @@
 //! The input arrives in arbitrary chunks, kept and fed again as a server's sleepers do.
 //! Invariants: nothing panics; what the idle connection answers, a whole connection of the
 //! same role and settings answers with exactly the same bytes and with no event but pings and
-//! pongs (and the same auto-response count); what it stops at, the connection it resumes
-//! into takes without panicking.
+//! pongs (and the same auto-response count); it answers no frame once its replies reach the
+//! output budget (none: unlimited); what it stops at, the connection it resumes into takes
+//! without panicking.
 
 #![no_main]
 
@@ -23,6 +24,7 @@ struct Input {
     no_masking: bool,
     auto_response: Option<(String, String)>,
     mask_seed: u32,
+    max_output: Option<u16>,
     chunks: Vec<Blob>,
 }
 
@@ -62,10 +64,25 @@ fuzz_target!(|input: Input| {
     let now = Instant::now();
     let mut pending = Vec::new();
     let mut replies = BytesMut::new();
+    let max_output = input.max_output.map_or(usize::MAX, usize::from);
     for chunk in &input.chunks {
         pending.extend_from_slice(&chunk.0);
-        let answered = idle.answer(&pending, &mut replies, usize::MAX);
+        let answered = idle.answer(&pending, &mut replies, max_output);
         assert!(answered.consumed <= pending.len());
+        // The budget: no frame is answered once the replies reach it, so they pass it by
+        // one reply at most, and what is left then is left with a wake.
+        let largest_reply = 14
+            + input
+                .auto_response
+                .as_ref()
+                .map_or(0, |(_, r)| r.len())
+                .max(125);
+        assert!(replies.len() < max_output.saturating_add(largest_reply));
+        assert!(
+            answered.wake || replies.len() < max_output || answered.consumed == pending.len(),
+            "{} bytes of replies, over the budget of {max_output}, and input left without a wake",
+            replies.len()
+        );
         whole.receive(&pending[..answered.consumed], now);
         while let Some(event) = whole.next_event() {
             assert!(

@@ -505,6 +505,100 @@ fn compressed_text_split_anywhere_arrives_whole() {
     }
 }
 
+/// `payload` compressed by a fresh client codec, cut into `frames` masked raw frames: a text
+/// frame with RSV1, continuations, the last with FIN.
+fn compressed_text_frames(payload: &str, frames: usize) -> Vec<Vec<u8>> {
+    let mut codec = crate::deflate::DeflateCodec::new(
+        false,
+        DeflateParams::default(),
+        &crate::DeflateConfig::default(),
+    );
+    let mut compressed = Vec::new();
+    codec.compress(payload.as_bytes(), &mut compressed);
+    let piece = compressed.len().div_ceil(frames);
+    let pieces: Vec<&[u8]> = compressed.chunks(piece).collect();
+    assert_eq!(
+        pieces.len(),
+        frames,
+        "{} compressed bytes",
+        compressed.len()
+    );
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(index, piece)| {
+            let first = if index == 0 { 0x41 } else { 0x00 };
+            let fin = if index + 1 == frames { 0x80 } else { 0x00 };
+            raw_frame(first | fin, piece, KEY)
+        })
+        .collect()
+}
+
+#[test]
+fn a_compressed_message_over_several_frames_arrives_whole_or_frame_by_frame() {
+    let now = Instant::now();
+    let negotiated = Negotiated {
+        deflate: Some(DeflateParams::default()),
+        no_masking: false,
+    };
+    let payload = "héllo wörld, ".repeat(400);
+    let wire: Vec<u8> = compressed_text_frames(&payload, 3).concat();
+    for pieces in [wire.len(), 7] {
+        let mut server = Connection::server(Config::default(), negotiated.clone());
+        for piece in wire.chunks(pieces) {
+            server.receive(piece, now);
+        }
+        assert_eq!(events(&mut server), vec![text(&payload)]);
+    }
+    // Without assembly: three frames, inflated, opcodes as sent and RSV1 gone; together the
+    // message.
+    let config = Config::builder().assemble_messages(false).build().unwrap();
+    let mut server = Connection::server(config, negotiated);
+    server.receive(&wire, now);
+    let frames: Vec<Frame> = events(&mut server)
+        .into_iter()
+        .map(|event| match event {
+            Event::Message(Message::Frame(frame)) => frame,
+            other => panic!("expected a frame, got {other:?}"),
+        })
+        .collect();
+    let shape: Vec<(bool, OpCode)> = frames.iter().map(|f| (f.fin, f.opcode)).collect();
+    assert_eq!(
+        shape,
+        [
+            (false, OpCode::Text),
+            (false, OpCode::Continuation),
+            (true, OpCode::Continuation)
+        ]
+    );
+    let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload.to_vec()).collect();
+    assert_eq!(joined, payload.as_bytes());
+}
+
+#[test]
+fn a_compressed_message_over_several_frames_may_inflate_to_exactly_the_limit() {
+    let now = Instant::now();
+    let negotiated = Negotiated {
+        deflate: Some(DeflateParams::default()),
+        no_masking: false,
+    };
+    let payload = "héllo wörld, ".repeat(400);
+    let wire: Vec<u8> = compressed_text_frames(&payload, 4).concat();
+    let limited = |max| {
+        let config = Config::builder().max_message_size(max).build().unwrap();
+        let mut server = Connection::server(config, negotiated.clone());
+        server.receive(&wire, now);
+        events(&mut server)
+    };
+    assert_eq!(limited(payload.len()), vec![text(&payload)]);
+    assert_eq!(
+        limited(payload.len() - 1),
+        vec![Event::Failed(ProtocolError::MessageTooLarge {
+            max: payload.len() - 1
+        })]
+    );
+}
+
 #[test]
 fn limits_default_to_safe_values() {
     let limits = Limits::default();
