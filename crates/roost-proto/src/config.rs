@@ -86,7 +86,9 @@ impl ConfigBuilder {
     }
 
     /// Largest message, in bytes, after inflation when compressed. Default 16 MiB. Bounds the
-    /// memory one connection can make the server hold; past it the connection closes with 1009.
+    /// memory one connection can make the server hold: compressed bytes are inflated as they
+    /// arrive, never held whole. Past it the connection closes with 1009, as soon as the
+    /// inflated bytes pass it.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.config.limits.max_message_size = bytes;
         self
@@ -106,13 +108,15 @@ impl ConfigBuilder {
     }
 
     /// How long to wait for the peer's close frame after sending ours. Default 5 s; then the
-    /// connection is dropped so a silent peer cannot hold it open.
+    /// connection is dropped so a silent peer cannot hold it open. At most a year
+    /// ([`MAX_TIMEOUT`]): the builder refuses longer ones.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.limits.close_timeout = timeout;
         self
     }
 
-    /// How long the opening handshake may take, enforced by the drivers. Default 10 s.
+    /// How long the opening handshake may take, enforced by the drivers. Default 10 s. At most
+    /// a year ([`MAX_TIMEOUT`]): the builder refuses longer ones.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.limits.handshake_timeout = timeout;
         self

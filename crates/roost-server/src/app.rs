@@ -904,10 +904,10 @@ const EXPIRY_PASSES_PER_TTL: u32 = 24;
 /// Removes the attachments no resume token can reach any more, until the server is gone.
 ///
 /// A token expires `resume_ttl` after its connection's handshake or its attachment's last
-/// write before the token was signed, and the attachment it reaches was written (or moved to
-/// that connection) no earlier; so an attachment not written for `resume_ttl` has no valid
-/// token left. Those of this process's live
-/// connections stay: they are still in use. The rest, left by connections that ended without
+/// write (or dating) before the token was signed, and the attachment it reaches was written
+/// (or moved to that connection, or dated) no earlier; so an attachment not written for
+/// `resume_ttl` has no valid token left. Those of this process's live connections stay: they
+/// are still in use, and are dated anew once half the TTL old (see [`redate`]). The rest, left by connections that ended without
 /// a clean 1000 (kept for a resume that never came), by a crash or by another process of the
 /// cluster, are removed. Without this the store would grow with every dropped connection.
 async fn expire_attachments(shared: Weak<Shared>) {
@@ -926,11 +926,16 @@ async fn expire_attachments(shared: Weak<Shared>) {
         };
         let now = SystemTime::now();
         let ttl = shared.config.resume_ttl;
-        let expired: Vec<ConnectionId> = listed
-            .into_iter()
-            .filter(|stored| stored.modified + ttl <= now && shared.peer(stored.id).is_none())
-            .map(|stored| stored.id)
-            .collect();
+        let mut expired = Vec::new();
+        let mut aging = Vec::new();
+        for stored in listed {
+            match shared.peer(stored.id) {
+                None if stored.modified + ttl <= now => expired.push(stored.id),
+                Some(peer) if stored.modified + ttl / 2 <= now => aging.push(peer),
+                _ => {}
+            }
+        }
+        redate(&shared, aging).await;
         if expired.is_empty() {
             continue;
         }
@@ -951,6 +956,24 @@ async fn expire_attachments(shared: Weak<Shared>) {
             .attachments_expired
             .fetch_add(removed as u64, Relaxed);
         tracing::debug!(removed, "expired attachments removed");
+    }
+}
+
+/// Dates the stored attachments of these open connections now, so the tokens they hand out
+/// from here on last the TTL from now: an open connection's token lasts at least half the TTL
+/// (less a pass) however long ago its attachment was written.
+async fn redate(shared: &Arc<Shared>, peers: Vec<Arc<Peer>>) {
+    for peer in peers {
+        let (id, dated_from) = (peer.id, SystemTime::now());
+        // A resume took it meanwhile: nothing here to keep.
+        if shared.used_tokens.is_used(id) {
+            continue;
+        }
+        match shared.blocking(move |store| store.touch(id)).await {
+            Ok(true) => peer.extend_resume(dated_from),
+            Ok(false) => {}
+            Err(_) => return, // counted and logged; the next pass tries again
+        }
     }
 }
 

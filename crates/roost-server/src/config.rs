@@ -33,7 +33,7 @@ pub struct ServerConfig {
     /// never reads costs at most this much plus one message. A message for a full queue meets
     /// the [`BackpressurePolicy`]. What the codec answers by itself (pongs, the
     /// auto-response) counts as messages of at most this size (or 128 KiB, if more): the
-    /// protocol's `max_queued_output` is lowered to it when larger.
+    /// server lowers the protocol's `max_queued_output` to it.
     pub max_outbound: usize,
     /// What happens past `max_outbound`. Default: close with 1013 (try again later).
     pub backpressure: BackpressurePolicy,
@@ -48,9 +48,11 @@ pub struct ServerConfig {
     /// Default 75 s (two missed pings and a margin).
     pub idle_timeout: Duration,
     /// How long a resume token stays valid, from its connection's last attachment write (or
-    /// its handshake, before any). Default 24 hours. It bounds the store too: an attachment
-    /// not written for this long, whose connection is gone, is removed (within a 24th of it),
-    /// since no token can reach it.
+    /// its handshake, before any). Default 24 hours. While the connection is open, the server
+    /// dates its stored attachment anew once it is half this old (checked every 24th of it),
+    /// so a token handed out late in a long connection lasts at least about half of it. It
+    /// bounds the store too: an attachment not written for this long, whose connection is
+    /// gone, is removed (within a 24th of it), since no token can reach it.
     pub resume_ttl: Duration,
     /// Directory for durable attachments and the resume key (`--durable DIR`). Default none:
     /// attachments live in memory and resume tokens only work while the process lives.

@@ -140,9 +140,11 @@ impl Ws {
 
     /// The token a client passes as `?resume=TOKEN` to get this connection's attachment back
     /// on a new connection, once. Signed when asked for (the connection keeps only its
-    /// expiry). It lasts `ServerConfig::resume_ttl` from the attachment's last write, or from
-    /// the handshake before any: a connection that outlives the TTL hands out a fresh token
-    /// after a write. Calls between two writes return the same token.
+    /// expiry). It lasts `ServerConfig::resume_ttl` from the attachment's last write (or the
+    /// server's last dating of it, which an open connection gets once the attachment is half
+    /// the TTL old), or from the handshake before any: so a token asked for late in a long
+    /// connection still lasts about half the TTL or more. Calls between two writes (or
+    /// datings) return the same token.
     pub fn resume_token(&self) -> String {
         self.peer
             .shared

@@ -277,6 +277,11 @@ impl AttachmentStore for DirStore {
         Ok(attachments)
     }
 
+    fn touch(&self, id: ConnectionId) -> Result<bool, StoreError> {
+        self.writable()?;
+        date_now(&self.attachment_path(id))
+    }
+
     fn adopt(&self, from: ConnectionId, to: ConnectionId) -> Result<Option<Vec<u8>>, StoreError> {
         self.writable()?;
         if from == to {
@@ -287,13 +292,8 @@ impl AttachmentStore for DirStore {
         let target = self.attachment_path(to);
         // Dated now, durably, before it moves: the moved attachment counts as written at the
         // move. Of concurrent adopts, the losers date a file the winner moves: no harm.
-        match File::options().write(true).open(&source_path) {
-            Ok(file) => file
-                .set_modified(SystemTime::now())
-                .and_then(|()| file.sync_all())
-                .map_err(|source| StoreError::io("date attachment", &source_path, source))?,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::io("open attachment", source_path, source)),
+        if !date_now(&source_path)? {
+            return Ok(None);
         }
         // The rename is the commit point: of concurrent adopts of `from`, exactly one finds the
         // file, and after a crash it is under exactly one name.
@@ -306,6 +306,20 @@ impl AttachmentStore for DirStore {
         fs::read(&target)
             .map(Some)
             .map_err(|source| StoreError::io("read adopted attachment", target, source))
+    }
+}
+
+/// Sets the modification time of the attachment file at `path` to now, durably; false if
+/// there is no such file.
+fn date_now(path: &Path) -> Result<bool, StoreError> {
+    match File::options().write(true).open(path) {
+        Ok(file) => file
+            .set_modified(SystemTime::now())
+            .and_then(|()| file.sync_all())
+            .map(|()| true)
+            .map_err(|source| StoreError::io("date attachment", path, source)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(StoreError::io("open attachment", path, source)),
     }
 }
 

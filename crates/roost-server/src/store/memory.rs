@@ -66,6 +66,14 @@ impl AttachmentStore for MemoryStore {
         Ok(())
     }
 
+    fn touch(&self, id: ConnectionId) -> Result<bool, StoreError> {
+        Ok(self
+            .entries()
+            .get_mut(&id)
+            .map(|entry| entry.modified = SystemTime::now())
+            .is_some())
+    }
+
     fn list(&self) -> Result<Vec<StoredAttachment>, StoreError> {
         Ok(self
             .entries()
@@ -135,8 +143,8 @@ mod tests {
     }
 
     #[test]
-    fn adopt_dates_the_move() {
-        crate::store::check_adopt_dates_the_move(&MemoryStore::new());
+    fn adopt_and_touch_date_the_attachment() {
+        crate::store::check_adopt_and_touch_date_the_attachment(&MemoryStore::new());
     }
 
     #[test]

@@ -199,6 +199,17 @@ pub trait AttachmentStore: Send + Sync + 'static {
     /// no attachment, for instance because it was already adopted: this is what makes a resume
     /// token work once.
     fn adopt(&self, from: ConnectionId, to: ConnectionId) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Dates the attachment of `id` now without changing its bytes, as if it had just been
+    /// written; returns whether there was one. For a durable store the new date survives a
+    /// crash once this returns `Ok(true)`.
+    ///
+    /// The server dates the attachments of its open connections this way now and then, so a
+    /// resume token handed out late in a long connection reaches an attachment that lasts as
+    /// long as the token (see
+    /// [`ServerConfig::resume_ttl`](crate::ServerConfig::resume_ttl)). It never writes bytes,
+    /// so it cannot undo a `put` that raced it.
+    fn touch(&self, id: ConnectionId) -> Result<bool, StoreError>;
 }
 
 /// A store operation failed.
@@ -282,9 +293,10 @@ pub(crate) fn listed(
 }
 
 /// Checks that `store`'s `adopt` dates the moved attachment at the move, not at its last
-/// write: the server counts an attachment's life from there.
+/// write, and that `touch` dates it now and keeps its bytes: the server counts an
+/// attachment's life from there.
 #[cfg(test)]
-pub(crate) fn check_adopt_dates_the_move(store: &dyn AttachmentStore) {
+pub(crate) fn check_adopt_and_touch_date_the_attachment(store: &dyn AttachmentStore) {
     let modified = |id| {
         let listed = store.list().expect("list");
         let entry = listed.iter().find(|entry| entry.id == id).expect("listed");
@@ -300,6 +312,17 @@ pub(crate) fn check_adopt_dates_the_move(store: &dyn AttachmentStore) {
         moved >= written + std::time::Duration::from_millis(40),
         "written {written:?}, moved {moved:?}"
     );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(store.touch(new).expect("touch"));
+    let touched = modified(new);
+    assert!(
+        touched >= moved + std::time::Duration::from_millis(40),
+        "moved {moved:?}, touched {touched:?}"
+    );
+    assert_eq!(store.get(new).expect("get").as_deref(), Some(&b"state"[..]));
+    // Nothing to date: nothing is created.
+    assert!(!store.touch(old).expect("touch a moved attachment"));
+    assert_eq!(store.get(old).expect("get"), None);
 }
 
 #[cfg(test)]

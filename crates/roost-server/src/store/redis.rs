@@ -16,6 +16,7 @@
 //!
 //! # Atomicity
 //!
+//! - `touch` is a Lua script: if the hash exists, `HSET at`.
 //! - `put` is a Lua script: unless `roost:moved:<id>` exists, one `HSET` of both fields, so a
 //!   reader sees the old hash or the new one.
 //! - `adopt` is a Lua script (`EXISTS from`, `RENAME from to`, `HSET to at`, `SET moved:from`
@@ -110,6 +111,15 @@ redis.call('DEL', KEYS[4])
 return redis.call('HGET', KEYS[2], 'data')
 ";
 
+/// Dates the hash `KEYS[1]` `ARGV[1]` and returns 1, or returns 0 if it does not exist.
+const TOUCH_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    return 0
+end
+redis.call('HSET', KEYS[1], 'at', ARGV[1])
+return 1
+";
+
 /// Writes `ARGV[1]` as the data of the hash `KEYS[1]`, dated `ARGV[2]`, and returns 1; or
 /// returns 0 and writes nothing if the marker `KEYS[2]` says the attachment was moved away.
 const PUT_SCRIPT: &str = r"
@@ -138,9 +148,10 @@ pub struct RedisStore {
     url: String,
     /// Connections not in use, and how many exist.
     pool: Pool,
-    /// The `adopt` and `put` scripts; their SHA-1s are computed once.
+    /// The `adopt`, `put` and `touch` scripts; their SHA-1s are computed once.
     adopt: Script,
     put: Script,
+    touch: Script,
     /// How long an id stays marked moved after an adopt.
     moved_ttl: Duration,
 }
@@ -162,6 +173,7 @@ impl RedisStore {
             pool: Pool::default(),
             adopt: Script::new(ADOPT_SCRIPT),
             put: Script::new(PUT_SCRIPT),
+            touch: Script::new(TOUCH_SCRIPT),
             moved_ttl: DEFAULT_MOVED_TTL,
         };
         store.run("reach", |connection| redis::cmd("PING").exec(connection))?;
@@ -281,6 +293,14 @@ impl AttachmentStore for RedisStore {
         } else {
             Err(StoreError::Moved { id })
         }
+    }
+
+    fn touch(&self, id: ConnectionId) -> Result<bool, StoreError> {
+        let key = attachment_key(id);
+        let at = unix_millis(SystemTime::now());
+        self.run("date an attachment in", |connection| {
+            self.touch.key(&key).arg(at).invoke(connection)
+        })
     }
 
     fn get(&self, id: ConnectionId) -> Result<Option<Vec<u8>>, StoreError> {

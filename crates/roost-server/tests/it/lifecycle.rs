@@ -605,3 +605,46 @@ async fn a_token_lasts_the_resume_ttl_from_the_attachments_last_write() {
     let mut resumed = connect(addr, &format!("/n?resume={token}")).await;
     assert_eq!(next_text(&mut resumed).await, "welcome back ada");
 }
+
+/// [`Named`], except that `token?` asks for a fresh resume token without writing anything.
+struct Renewing;
+
+impl Handler for Renewing {
+    async fn on_open(&self, ws: &Ws, url: &http::Uri) -> Result<(), Disconnect> {
+        Named.on_open(ws, url).await
+    }
+
+    async fn on_message(&self, ws: &Ws, data: Data, room: &Room) -> Result<(), Disconnect> {
+        if data.as_text() == Some("token?") {
+            ws.send_text(format!("resume {}", ws.resume_token()));
+            return Ok(());
+        }
+        Named.on_message(ws, data, room).await
+    }
+}
+
+#[tokio::test]
+async fn a_token_asked_for_late_in_a_long_connection_outlives_the_last_write() {
+    let ttl = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        durable_dir: Some(dir.path().to_owned()),
+        resume_ttl: ttl,
+        ..ServerConfig::default()
+    };
+    let (addr, _handle) = start(App::new().ws("/n", Renewing).unwrap(), config).await;
+    let mut ws = connect(addr, "/n").await;
+    within(ws.send(Message::text("ada"))).await.unwrap();
+    assert!(next_text(&mut ws).await.starts_with("resume "));
+    let written = std::time::Instant::now();
+    // Open well past the TTL since the only write; the server dated the attachment anew
+    // meanwhile, so a token asked for now still reaches it.
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    within(ws.send(Message::text("token?"))).await.unwrap();
+    let token = next_text(&mut ws).await;
+    let token = token.strip_prefix("resume ").unwrap().to_owned();
+    assert!(written.elapsed() > ttl);
+    drop(ws);
+    let mut resumed = connect(addr, &format!("/n?resume={token}")).await;
+    assert_eq!(next_text(&mut resumed).await, "welcome back ada");
+}

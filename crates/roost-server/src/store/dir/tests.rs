@@ -352,10 +352,10 @@ fn adopt_moves_once_and_survives_reopen() {
 }
 
 #[test]
-fn adopt_dates_the_move() {
+fn adopt_and_touch_date_the_attachment() {
     let temp = tempfile::tempdir().expect("tempdir");
     let store = DirStore::open(temp.path()).expect("open");
-    crate::store::check_adopt_dates_the_move(&store);
+    crate::store::check_adopt_and_touch_date_the_attachment(&store);
 }
 
 #[test]

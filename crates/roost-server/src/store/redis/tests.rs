@@ -237,10 +237,10 @@ fn list_ignores_foreign_keys_and_spans_scan_rounds() {
 }
 
 #[test]
-fn adopt_dates_the_move() {
+fn adopt_and_touch_date_the_attachment() {
     let server = RedisServer::start();
     let store = RedisStore::open(&server.url()).expect("open");
-    crate::store::check_adopt_dates_the_move(&store);
+    crate::store::check_adopt_and_touch_date_the_attachment(&store);
 }
 
 #[test]
