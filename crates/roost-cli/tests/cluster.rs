@@ -248,6 +248,11 @@ async fn a_process_that_missed_a_resume_closes_the_displaced_connection_once_bac
     let (mut resumed, _) = within(roost::connect(&url)).await.unwrap();
     assert_eq!(next_text(&mut resumed).await, "welcome back carol");
     // b's announcement went out while a was not listening; a finds out once it is back.
+    assert_eq!(
+        http_get(a.addr, "/readyz").await.0,
+        503,
+        "a is still not listening"
+    );
     let () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxclients")

@@ -245,7 +245,7 @@ impl App {
                         }
                         Incoming::Resumed(id) => shared.displace(id),
                         Incoming::Subscribed => {
-                            tokio::spawn(displace_moved(shared));
+                            tokio::spawn(displace_moved(Arc::downgrade(&shared)));
                         }
                     }
                 }
@@ -430,6 +430,15 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+    }
+
+    /// A resume here took the session of connection `old`: it ends, here or on whichever
+    /// process of the cluster holds it.
+    pub(crate) fn took_session(&self, old: ConnectionId) {
+        self.displace(old);
+        if let Some(cluster) = &self.cluster {
+            cluster.announce_resumed(old);
+        }
     }
 
     /// Ends connection `id`, if it is here, because a resume took its session and its
@@ -774,6 +783,9 @@ async fn accept_ws(
         match shared.adopt(old, id).await {
             Ok(Some(bytes)) => attachment = Some(bytes),
             Ok(None) => {
+                // Nothing moved: a connection of that id still open (one that had written no
+                // attachment yet) keeps writing as before.
+                shared.used_tokens.release(old);
                 let response = refuse(
                     StatusCode::GONE,
                     "nothing to resume: the session ended (closed with 1000) or was already resumed",
@@ -792,13 +804,6 @@ async fn accept_ws(
                 return;
             }
         }
-        // The old connection, if it still lingers here or on another process, has lost its
-        // attachment to this one.
-        shared.displace(old);
-        if let Some(cluster) = &shared.cluster {
-            cluster.announce_resumed(old);
-        }
-        shared.metrics.resumes.fetch_add(1, Relaxed);
     }
     if tcp.write_all(&accepted.to_bytes()).await.is_err() {
         // The client is gone before its new connection began: the attachment goes back where
@@ -809,6 +814,12 @@ async fn accept_ws(
             shared.used_tokens.release(old);
         }
         return;
+    }
+    if let Some(old) = resume_from {
+        // Only now that the resume stands: the old connection's writes were refused since the
+        // token was spent, and it is still open if the attachment had to go back.
+        shared.took_session(old);
+        shared.metrics.resumes.fetch_add(1, Relaxed);
     }
     let mut core = Connection::server(shared.config.protocol.clone(), accepted.negotiated);
     if let Some((request, response)) = &shared.config.auto_response {
@@ -843,20 +854,35 @@ async fn accept_ws(
 
 /// Closes the connections here whose sessions a resume on another process took while this
 /// one was not listening for announcements (see [`crate::broker`]).
-async fn displace_moved(shared: Arc<Shared>) {
-    let Some(cluster) = &shared.cluster else {
-        return;
-    };
-    let ids: Vec<ConnectionId> = shared
-        .peers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .copied()
-        .collect();
-    match cluster.moved_among(&ids).await {
-        Ok(moved) => moved.into_iter().for_each(|id| shared.displace(id)),
-        Err(error) => tracing::warn!(%error, "could not look for resumed connections"),
+///
+/// Redis often fails the first commands after it comes back, so this tries again (backing
+/// off) for as long as the subscription stays up; if it drops, the next one starts over.
+async fn displace_moved(shared: Weak<Shared>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Some(cluster) = &shared.cluster else {
+            return;
+        };
+        if !cluster.ready() {
+            return;
+        }
+        let ids: Vec<ConnectionId> = shared
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        match cluster.moved_among(&ids).await {
+            Ok(moved) => return moved.into_iter().for_each(|id| shared.displace(id)),
+            Err(error) => tracing::warn!(%error, "could not look for resumed connections"),
+        }
+        drop(shared);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -907,9 +933,10 @@ const EXPIRY_PASSES_PER_TTL: u32 = 24;
 /// write (or dating) before the token was signed, and the attachment it reaches was written
 /// (or moved to that connection, or dated) no earlier; so an attachment not written for
 /// `resume_ttl` has no valid token left. Those of this process's live connections stay: they
-/// are still in use, and are dated anew once half the TTL old (see [`redate`]). The rest, left by connections that ended without
-/// a clean 1000 (kept for a resume that never came), by a crash or by another process of the
-/// cluster, are removed. Without this the store would grow with every dropped connection.
+/// are still in use, and are dated anew once half the TTL old (see [`redate`]). The rest,
+/// left by connections that ended without a clean 1000 (kept for a resume that never came),
+/// by a crash or by another process of the cluster, are removed. Without this the store
+/// would grow with every dropped connection.
 async fn expire_attachments(shared: Weak<Shared>) {
     let every = match shared.upgrade() {
         Some(shared) => (shared.config.resume_ttl / EXPIRY_PASSES_PER_TTL)
@@ -935,8 +962,8 @@ async fn expire_attachments(shared: Weak<Shared>) {
                 _ => {}
             }
         }
-        redate(&shared, aging).await;
         if expired.is_empty() {
+            redate(&shared, aging).await;
             continue;
         }
         let removed = shared
@@ -956,6 +983,7 @@ async fn expire_attachments(shared: Weak<Shared>) {
             .attachments_expired
             .fetch_add(removed as u64, Relaxed);
         tracing::debug!(removed, "expired attachments removed");
+        redate(&shared, aging).await;
     }
 }
 

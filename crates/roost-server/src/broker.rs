@@ -389,6 +389,9 @@ async fn subscriber(
             healthy &= sink.subscribe(channel(room)).await.is_ok();
         }
         if !healthy {
+            tracing::warn!("cluster subscription refused; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
             continue;
         }
         if let Some(c) = cluster.upgrade() {

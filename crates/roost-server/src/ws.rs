@@ -221,6 +221,7 @@ impl Ws {
         let moved_from = std::time::SystemTime::now();
         match self.peer.shared.adopt(from, self.peer.id).await? {
             Some(bytes) => {
+                self.peer.shared.took_session(from);
                 self.peer.set_attachment(Some(bytes));
                 self.peer.extend_resume(moved_from);
                 Ok(true)

@@ -3,8 +3,10 @@
 //!
 //! An attachment is an opaque byte string (the serialized form of a connection's typed data)
 //! kept under the [`ConnectionId`] of the connection that owns it. The server writes it with
-//! [`AttachmentStore::put`], removes it on a peer's clean close, and moves it onto a new
-//! connection with [`AttachmentStore::adopt`] when a client resumes.
+//! [`AttachmentStore::put`], removes it on a peer's clean close, moves it onto a new
+//! connection with [`AttachmentStore::adopt`] when a client resumes, and dates it anew with
+//! [`AttachmentStore::touch`] while its connection stays open. A store shared by several
+//! processes refuses writes under an id a resume moved away ([`StoreError::Moved`]).
 //!
 //! What the store does not do: it enforces no size cap (the server refuses oversized
 //! attachments before calling [`AttachmentStore::put`]) and it knows nothing of resume tokens
@@ -150,7 +152,8 @@ pub struct StoredAttachment {
     pub id: ConnectionId,
     /// Its size in bytes.
     pub len: u64,
-    /// When it was last written (for [`DirStore`], the file's modification time).
+    /// When it was last written, moved or dated (for [`DirStore`], the file's modification
+    /// time).
     pub modified: SystemTime,
 }
 
@@ -208,7 +211,9 @@ pub trait AttachmentStore: Send + Sync + 'static {
     /// resume token handed out late in a long connection reaches an attachment that lasts as
     /// long as the token (see
     /// [`ServerConfig::resume_ttl`](crate::ServerConfig::resume_ttl)). It never writes bytes,
-    /// so it cannot undo a `put` that raced it.
+    /// so it cannot undo a `put` that raced it; a racing `put` may leave the date of its own
+    /// write, up to that write's duration earlier (the directory store: the rename of a file
+    /// written before the touch), by which a token may outlive the attachment.
     fn touch(&self, id: ConnectionId) -> Result<bool, StoreError>;
 }
 

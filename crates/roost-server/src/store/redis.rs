@@ -41,13 +41,14 @@
 //! once on a fresh one; if that fails too, the error is returned. Timeouts are not retried.
 //! Every operation is idempotent except `adopt`: if the connection drops after Redis ran the
 //! script but before its reply arrived, the retry finds nothing and returns `Ok(None)`, so
-//! that one resume fails (the client starts afresh) and the moved attachment is overwritten
-//! by the new connection.
+//! that one resume fails (the client starts afresh). The moved attachment then stays under
+//! the new id, which no connection uses, until it expires, and the old id stays marked moved.
 //!
 //! # Deployment limits
 //!
-//! - One Redis server (with replicas or Sentinel if wanted), not Redis Cluster: `adopt` touches
-//!   two keys that would usually hash to different slots, and `list` scans one server.
+//! - One Redis server (with replicas or Sentinel if wanted), not Redis Cluster: `adopt`
+//!   touches four keys and `put` two, which would usually hash to different slots, and `list`
+//!   scans one server.
 //! - Redis 6 or later (`list` uses `SCAN ... TYPE hash`).
 //! - Durability is Redis's: without RDB or AOF persistence a Redis restart loses every
 //!   attachment, and the resume key too. Processes that read the key before the restart keep
@@ -120,13 +121,15 @@ redis.call('HSET', KEYS[1], 'at', ARGV[1])
 return 1
 ";
 
-/// Writes `ARGV[1]` as the data of the hash `KEYS[1]`, dated `ARGV[2]`, and returns 1; or
-/// returns 0 and writes nothing if the marker `KEYS[2]` says the attachment was moved away.
+/// Writes `ARGV[1]` as the data of the hash `KEYS[1]`, dated `ARGV[2]` (or its date, if
+/// later: a `touch` that overtook this put stays), and returns 1; or returns 0 and writes
+/// nothing if the marker `KEYS[2]` says the attachment was moved away.
 const PUT_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[2]) == 1 then
     return 0
 end
-redis.call('HSET', KEYS[1], 'data', ARGV[1], 'at', ARGV[2])
+local at = math.max(tonumber(ARGV[2]), tonumber(redis.call('HGET', KEYS[1], 'at') or '0'))
+redis.call('HSET', KEYS[1], 'data', ARGV[1], 'at', string.format('%d', at))
 return 1
 ";
 

@@ -42,7 +42,7 @@ async fn start_dozing(
 
 #[tokio::test]
 async fn idle_connections_hibernate_and_wake_on_the_next_frame() {
-    let (addr, handle) = start_dozing("/n", Named, Duration::from_millis(100)).await;
+    let (addr, handle) = start_dozing("/n", Renewing, Duration::from_millis(100)).await;
     let mut ws = connect(addr, "/n").await;
     let _other = connect(addr, "/n").await;
     let metrics = handle.metrics();
@@ -63,8 +63,8 @@ async fn idle_connections_hibernate_and_wake_on_the_next_frame() {
     })
     .await;
     // Hibernating again, it wakes again on the next frame; its resume token, signed on
-    // demand, is the same.
-    within(ws.send(Message::text("again"))).await.unwrap();
+    // demand, is the same (nothing was written since).
+    within(ws.send(Message::text("token?"))).await.unwrap();
     assert_eq!(next_text(&mut ws).await, token);
 }
 
@@ -644,6 +644,30 @@ async fn a_token_asked_for_late_in_a_long_connection_outlives_the_last_write() {
     let token = next_text(&mut ws).await;
     let token = token.strip_prefix("resume ").unwrap().to_owned();
     assert!(written.elapsed() > ttl);
+    drop(ws);
+    let mut resumed = connect(addr, &format!("/n?resume={token}")).await;
+    assert_eq!(next_text(&mut resumed).await, "welcome back ada");
+}
+
+#[tokio::test]
+async fn a_resume_that_finds_nothing_leaves_the_open_connection_writing() {
+    let (addr, _handle) = start(
+        App::new().ws("/n", Renewing).unwrap(),
+        ServerConfig::default(),
+    )
+    .await;
+    let mut ws = connect(addr, "/n").await;
+    within(ws.send(Message::text("token?"))).await.unwrap();
+    let token = next_text(&mut ws).await;
+    let token = token.strip_prefix("resume ").unwrap().to_owned();
+    // Nothing written yet: nothing to resume.
+    let url = format!("ws://{addr}/n?resume={token}");
+    let error = within(roost::connect(&url)).await.unwrap_err();
+    assert!(error.to_string().contains("410"), "{error}");
+    // The open connection was not resumed, so its write goes through.
+    within(ws.send(Message::text("ada"))).await.unwrap();
+    let token = next_text(&mut ws).await;
+    let token = token.strip_prefix("resume ").unwrap().to_owned();
     drop(ws);
     let mut resumed = connect(addr, &format!("/n?resume={token}")).await;
     assert_eq!(next_text(&mut resumed).await, "welcome back ada");
