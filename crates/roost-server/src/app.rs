@@ -962,29 +962,32 @@ async fn expire_attachments(shared: Weak<Shared>) {
                 _ => {}
             }
         }
-        if expired.is_empty() {
-            redate(&shared, aging).await;
-            continue;
+        if !expired.is_empty() {
+            remove_expired(&shared, expired).await;
         }
-        let removed = shared
-            .blocking(move |store| {
-                for (done, id) in expired.iter().enumerate() {
-                    if let Err(error) = store.remove(*id) {
-                        tracing::warn!(%id, %error, "could not remove an expired attachment");
-                        return Ok(done);
-                    }
-                }
-                Ok(expired.len())
-            })
-            .await
-            .unwrap_or(0);
-        shared
-            .metrics
-            .attachments_expired
-            .fetch_add(removed as u64, Relaxed);
-        tracing::debug!(removed, "expired attachments removed");
         redate(&shared, aging).await;
     }
+}
+
+/// Removes these attachments no token can reach, counting them.
+async fn remove_expired(shared: &Shared, expired: Vec<ConnectionId>) {
+    let removed = shared
+        .blocking(move |store| {
+            for (done, id) in expired.iter().enumerate() {
+                if let Err(error) = store.remove(*id) {
+                    tracing::warn!(%id, %error, "could not remove an expired attachment");
+                    return Ok(done);
+                }
+            }
+            Ok(expired.len())
+        })
+        .await
+        .unwrap_or(0);
+    shared
+        .metrics
+        .attachments_expired
+        .fetch_add(removed as u64, Relaxed);
+    tracing::debug!(removed, "expired attachments removed");
 }
 
 /// Dates the stored attachments of these open connections now, so the tokens they hand out

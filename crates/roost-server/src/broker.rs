@@ -221,17 +221,11 @@ impl Cluster {
     /// node holding it closes it (in the background; retried for a short while, like a
     /// broadcast).
     pub(crate) fn announce_resumed(&self, id: ConnectionId) {
-        let mut commands = self.commands.clone();
+        let commands = self.commands.clone();
         tokio::spawn(async move {
-            for attempt in 0..20u64 {
-                let result: Result<i64, _> =
-                    commands.publish(RESUMED_CHANNEL, id.to_string()).await;
-                if result.is_ok() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50 + attempt * 50)).await;
+            if !publish_retrying(commands, RESUMED_CHANNEL, id.to_string().as_bytes()).await {
+                tracing::warn!(%id, "could not announce a resume to the cluster");
             }
-            tracing::warn!(%id, "could not announce a resume to the cluster");
         });
     }
 
@@ -332,16 +326,7 @@ async fn publisher(
         let Some(cluster) = cluster.upgrade() else {
             return;
         };
-        let mut commands = cluster.commands.clone();
-        let mut delivered = false;
-        for attempt in 0..20u64 {
-            let result: Result<i64, _> = commands.publish(channel(&room), wire.as_ref()).await;
-            if result.is_ok() {
-                delivered = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50 + attempt * 50)).await;
-        }
+        let delivered = publish_retrying(cluster.commands.clone(), &channel(&room), &wire).await;
         let counter = if delivered {
             &cluster.metrics.published
         } else {
@@ -349,6 +334,19 @@ async fn publisher(
         };
         counter.fetch_add(1, Relaxed);
     }
+}
+
+/// Publishes `payload` on `channel`; a message Redis cannot take is retried for about ten
+/// seconds. Returns whether it was published.
+async fn publish_retrying(mut commands: ConnectionManager, channel: &str, payload: &[u8]) -> bool {
+    for attempt in 0..20u64 {
+        let result: Result<i64, _> = commands.publish(channel, payload).await;
+        if result.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50 + attempt * 50)).await;
+    }
+    false
 }
 
 /// Keeps one pub/sub connection subscribed to the rooms with local members, reconnecting
