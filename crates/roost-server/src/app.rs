@@ -36,7 +36,10 @@ use crate::{
     resume::{ResumeKey, UsedTokens},
     room::{Room, Rooms},
     sleepers::{self, Sleepers},
-    store::{AttachmentStore, ConnectionId, DirStore, MemoryStore, redis::RedisStore},
+    store::{
+        AttachmentStore, ConnectionId, DirStore, MemoryStore,
+        redis::{RedisStore, mask_url},
+    },
 };
 
 /// A WebSocket route: its handler, how its rooms are keyed, the subprotocols it speaks.
@@ -185,7 +188,7 @@ impl App {
                     Cluster::start(config.clone()).await.map_err(|error| {
                         io::Error::other(format!(
                             "cannot join the cluster at {}: {error}",
-                            config.redis_url
+                            mask_url(&config.redis_url)
                         ))
                     })?;
                 (Some(cluster), Some(incoming))

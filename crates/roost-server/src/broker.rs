@@ -30,6 +30,7 @@
 
 use std::{
     collections::HashSet,
+    fmt,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -42,10 +43,15 @@ use futures_util::StreamExt;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::mpsc;
 
-use crate::{Data, store::ConnectionId};
+use crate::{
+    Data,
+    store::{ConnectionId, redis::mask_url},
+};
 
 /// How a server joins a cluster.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` form masks any password in [`redis_url`](Self::redis_url).
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// The Redis server every node uses, `redis://HOST:PORT`.
     pub redis_url: String,
@@ -64,6 +70,17 @@ impl ClusterConfig {
             presence_ttl: Duration::from_secs(6),
             max_pending: 100_000,
         }
+    }
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("ClusterConfig")
+            .field("redis_url", &mask_url(&self.redis_url))
+            .field("presence_ttl", &self.presence_ttl)
+            .field("max_pending", &self.max_pending)
+            .finish()
     }
 }
 
@@ -166,7 +183,7 @@ impl Cluster {
             incoming,
         ));
         tokio::spawn(heartbeat(Arc::downgrade(&cluster)));
-        tracing::info!(node = %cluster.node, url = %cluster.config.redis_url, "joined the cluster");
+        tracing::info!(node = %cluster.node, url = %mask_url(&cluster.config.redis_url), "joined the cluster");
         Ok((cluster, incoming_rx))
     }
 
@@ -471,5 +488,23 @@ async fn heartbeat(cluster: std::sync::Weak<Cluster>) {
         }
         drop(c);
         tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_config_debug_print_hides_the_redis_password() {
+        let config = ClusterConfig::new("redis://:hunter2@10.0.0.5:6379/0");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("10.0.0.5:6379"), "{printed}");
+        let server = crate::ServerConfig {
+            cluster: Some(config),
+            ..crate::ServerConfig::default()
+        };
+        assert!(!format!("{server:?}").contains("hunter2"));
     }
 }

@@ -428,8 +428,9 @@ fn connection_lost(error: &RedisError) -> bool {
     error.is_unrecoverable_error() && !error.is_timeout()
 }
 
-/// `url` with the user information and any `pass=` query parameter masked, for messages.
-fn mask_url(url: &str) -> String {
+/// `url` with the user information and any `pass=` query parameter masked, for messages and
+/// logs: the store's and the cluster's.
+pub(crate) fn mask_url(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(index) => url.split_at(index + 3),
         None => ("", url),
