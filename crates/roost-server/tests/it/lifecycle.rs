@@ -395,6 +395,21 @@ async fn pings_and_the_idle_timeout(dormant_after: Duration) {
         closes.0.lock().unwrap().contains(&1006)
     })
     .await;
+    // What it was sent before the drop: the keepalive pings, then a close frame with 1001.
+    let mut sent = Vec::new();
+    within(dead.read_to_end(&mut sent)).await.unwrap();
+    let mut frames = Vec::new();
+    let mut rest = &sent[..];
+    while let [head, len, tail @ ..] = rest {
+        let len = usize::from(*len);
+        assert!(len < 126 && tail.len() >= len, "a short unmasked frame: {sent:?}");
+        frames.push((head & 0x0f, tail[..len].to_vec()));
+        rest = &tail[len..];
+    }
+    let last = frames.last().expect("frames before the drop");
+    assert_eq!(last.0, 0x8, "the last frame is a close: {frames:?}");
+    assert_eq!(&last.1[..2], &1001u16.to_be_bytes(), "{frames:?}");
+    assert_eq!(&last.1[2..], b"idle timeout");
     let (pings, mut live) = within(reader).await.unwrap();
     assert!(pings >= 2, "the live client was pinged ({pings} pings)");
     within(live.send(Message::text("still connected")))
