@@ -161,7 +161,8 @@ impl App {
     }
 
     /// Answers plain HTTP requests (every path that is not a WebSocket route, and non-upgrade
-    /// requests on them) with `handler`. `/metrics` and `/healthz` are the server's.
+    /// requests on them) with `handler`. `/metrics`, `/healthz`, `/readyz` and `/presence`
+    /// are the server's.
     pub fn http(mut self, handler: impl HttpHandler) -> Self {
         self.http = Arc::new(handler);
         self
@@ -630,9 +631,7 @@ impl Server {
             open = shared.open.load(Relaxed),
             "shutting down: closing every connection with 1001"
         );
-        let deadline = Instant::now()
-            + shared.config.shutdown_timeout
-            + shared.config.protocol.limits().close_timeout;
+        let deadline = Instant::now() + shared.config.shutdown_timeout;
         while shared.tasks.load(Relaxed) > 0 {
             let waiting = shared.tasks_done.notified();
             if shared.tasks.load(Relaxed) == 0 {

@@ -59,7 +59,9 @@ pub struct ServerConfig {
     /// Directory for durable attachments and the resume key (`--durable DIR`). Default none:
     /// attachments live in memory and resume tokens only work while the process lives.
     pub durable_dir: Option<PathBuf>,
-    /// How long a graceful shutdown waits for close handshakes. Default 5 s.
+    /// How long a graceful shutdown waits for the close handshakes (and the writes queued
+    /// before them) once every connection was told to close; the rest are then dropped.
+    /// Default 5 s.
     pub shutdown_timeout: Duration,
     /// A request/response pair every new connection answers in the codec (a heartbeat),
     /// until its handler sets another with [`crate::Ws::set_auto_response`]. Default none.

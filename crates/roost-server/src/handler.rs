@@ -161,9 +161,10 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Answers plain HTTP requests on the same port (everything that is not a WebSocket route).
-/// `/metrics` and `/healthz` are answered by the server first.
+/// `/metrics`, `/healthz`, `/readyz` and `/presence` are answered by the server first.
 pub trait HttpHandler: Send + Sync + 'static {
-    /// The response to `request` (its whole body read, bounded by the handshake size limit).
+    /// The response to `request`, its whole body read (at most 1 MiB; a longer body is
+    /// answered 413 without a call).
     fn call(&self, request: Request<Bytes>) -> impl Future<Output = Response<Bytes>> + Send;
 }
 

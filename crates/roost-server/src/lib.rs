@@ -2,7 +2,8 @@
 //! connections.
 //!
 //! - [`App`]: WebSocket routes (`/chat/:room`) run by a [`Handler`], an [`HttpHandler`] for
-//!   everything else on the same port, `/metrics` (Prometheus) and `/healthz`.
+//!   everything else on the same port, `/metrics` (Prometheus), `/healthz`, `/readyz` and
+//!   `/presence?room=R`.
 //! - [`Ws`]: a cheap, cloneable handle to one connection: send, close, attachment,
 //!   auto-response, resume token.
 //! - [`Room`]: the connections sharing a key; [`Room::broadcast`] encodes a message once and
