@@ -169,10 +169,14 @@ pub enum HandshakeError {
     #[error("invalid Sec-WebSocket-Extensions: {0}")]
     InvalidExtensions(String),
     /// The server's status was not 101 Switching Protocols.
-    #[error("server answered {status} instead of 101 Switching Protocols")]
+    #[error("server answered {status} instead of 101 Switching Protocols{}", explain(*status, body))]
     UnexpectedStatus {
         /// The status the server sent.
         status: u16,
+        /// The first line of the response body, as far as it arrived with the head (at most
+        /// 200 characters, control characters dropped): where a server says why it refused.
+        /// Empty when there was none.
+        body: String,
     },
     /// `Sec-WebSocket-Accept` did not match the key the client sent.
     #[error("Sec-WebSocket-Accept does not match the key sent")]
@@ -242,4 +246,19 @@ pub enum ConfigError {
         /// The value given.
         value: u8,
     },
+}
+
+/// The tail of [`HandshakeError::UnexpectedStatus`]'s message: the server's own words, and
+/// for a success or a redirect the likely cause.
+fn explain(status: u16, body: &str) -> String {
+    let said = if body.is_empty() {
+        String::new()
+    } else {
+        format!(": {body:?}")
+    };
+    let hint = match status {
+        200..=399 | 404 => " (is this a WebSocket endpoint? check the URL's path)",
+        _ => "",
+    };
+    format!("{said}{hint}")
 }

@@ -66,21 +66,25 @@ pub use stream::WebSocket;
 use roost_proto::{HandshakeError, MaskSource, ProtocolError, UsageError};
 
 /// Everything that can go wrong in a driver.
+///
+/// Each message includes the inner error's, so printing it once says everything; for that
+/// reason the inner error is not also its [`source`](std::error::Error::source), which
+/// would print it twice in a report that walks the chain (anyhow's `{:#}`, `{:?}`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Reading from or writing to the transport failed.
     #[error("transport error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The peer broke the protocol; the connection sent a close frame with the matching code.
     #[error("protocol error: {0}")]
-    Protocol(#[from] ProtocolError),
+    Protocol(ProtocolError),
     /// The opening handshake failed.
     #[error("handshake failed: {0}")]
-    Handshake(#[from] HandshakeError),
+    Handshake(HandshakeError),
     /// The call was not valid in the connection's state (see the inner error).
     #[error("invalid use: {0}")]
-    Usage(#[from] UsageError),
+    Usage(UsageError),
     /// The connection is closing or closed: nothing more can be sent.
     #[error("the connection is closed")]
     ConnectionClosed,
@@ -93,7 +97,28 @@ pub enum Error {
     /// TLS setup or the TLS handshake failed.
     #[cfg(feature = "tls")]
     #[error("TLS error: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(rustls::Error),
+}
+
+/// `From` for each inner error, so `?` converts it.
+macro_rules! from_inner {
+    ($($(#[$attr:meta])* $inner:ty => $variant:ident),* $(,)?) => {$(
+        $(#[$attr])*
+        impl From<$inner> for Error {
+            fn from(error: $inner) -> Self {
+                Error::$variant(error)
+            }
+        }
+    )*};
+}
+
+from_inner! {
+    std::io::Error => Io,
+    ProtocolError => Protocol,
+    HandshakeError => Handshake,
+    UsageError => Usage,
+    #[cfg(feature = "tls")]
+    rustls::Error => Tls,
 }
 
 /// Masking keys from a cryptographically secure generator seeded by the OS

@@ -142,6 +142,7 @@ impl ClientHandshake {
         if status != StatusCode::SWITCHING_PROTOCOLS {
             return Err(HandshakeError::UnexpectedStatus {
                 status: status.as_u16(),
+                body: first_line(&leftover, is_chunked(response.headers())),
             });
         }
         if response.version() != http::Version::HTTP_11 {
@@ -251,6 +252,35 @@ fn host_header(uri: &http::Uri, secure: bool) -> Result<String, HandshakeError> 
         Some(port) if port != default_port => format!("{host}:{port}"),
         _ => host.to_owned(),
     })
+}
+
+/// Longest body line kept in [`HandshakeError::UnexpectedStatus`], in characters.
+const MAX_BODY_LINE: usize = 200;
+
+/// The first line of a refusal's body, from the bytes that came with its head: printable,
+/// at most [`MAX_BODY_LINE`] characters. A chunked body's first line is its chunk size,
+/// which is skipped.
+fn first_line(body: &[u8], chunked: bool) -> String {
+    let mut lines = body.split(|&byte| byte == b'\n');
+    if chunked {
+        lines.next();
+    }
+    let line = lines.next().unwrap_or_default();
+    String::from_utf8_lossy(line)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_BODY_LINE)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+/// Whether the response's body is sent in chunks.
+fn is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|value| value.as_bytes().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Whether `value` is an RFC 9110 §5.6.2 token, as RFC 6455 §4.1 requires of subprotocols.
@@ -528,8 +558,36 @@ mod tests {
         let response = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
             rfc_client().feed(response.as_bytes()).unwrap_err(),
-            HandshakeError::UnexpectedStatus { status: 403 }
+            HandshakeError::UnexpectedStatus {
+                status: 403,
+                body: String::new()
+            }
         );
+    }
+
+    #[test]
+    fn a_refusal_carries_the_first_line_of_its_body() {
+        let response = "HTTP/1.1 401 Unauthorized\r\nContent-Length: 40\r\n\r\n\
+                        resume refused: token expired\r\nmore\r\n";
+        let error = rfc_client().feed(response.as_bytes()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "server answered 401 instead of 101 Switching Protocols: \"resume refused: token expired\""
+        );
+        let chunked = "HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n\
+                       13\r\norigin not allowed\n\r\n0\r\n\r\n";
+        let error = rfc_client().feed(chunked.as_bytes()).unwrap_err();
+        assert!(
+            matches!(error, HandshakeError::UnexpectedStatus { status: 403, ref body } if body == "origin not allowed"),
+            "{error:?}"
+        );
+        let page = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n<html>{}\x1b",
+            "x".repeat(4000)
+        );
+        let error = rfc_client().feed(page.as_bytes()).unwrap_err().to_string();
+        assert!(error.contains("is this a WebSocket endpoint?"), "{error}");
+        assert!(error.len() < 400 && !error.contains('\x1b'), "{error}");
     }
 
     #[test]

@@ -402,7 +402,10 @@ async fn pings_and_the_idle_timeout(dormant_after: Duration) {
     let mut rest = &sent[..];
     while let [head, len, tail @ ..] = rest {
         let len = usize::from(*len);
-        assert!(len < 126 && tail.len() >= len, "a short unmasked frame: {sent:?}");
+        assert!(
+            len < 126 && tail.len() >= len,
+            "a short unmasked frame: {sent:?}"
+        );
         frames.push((head & 0x0f, tail[..len].to_vec()));
         rest = &tail[len..];
     }
