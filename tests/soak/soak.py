@@ -676,7 +676,7 @@ async def run(args: argparse.Namespace) -> int:
         "roost_handler_panics_total": (metric("roost_handler_panics_total"), 0),
         "roost_handler_errors_total": (metric("roost_handler_errors_total"), 0),
         "roost_accept_errors_total": (metric("roost_accept_errors_total"), 0),
-        "roost_durable_write_errors_total": (metric("roost_durable_write_errors_total"), 0),
+        "roost_attachment_store_errors_total": (metric("roost_attachment_store_errors_total"), 0),
         "roost_resumes_total": (metric("roost_resumes_total"), soak.counts["resumes"]),
         'roost_handshake_rejections_total{status="410"}': (
             metric('roost_handshake_rejections_total{status="410"}'), soak.counts["refused_410"]

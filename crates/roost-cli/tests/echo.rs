@@ -146,3 +146,69 @@ fn connect_exits_when_the_server_closes_with_stdin_still_open() {
     assert!(status.success(), "{status:?}: {log}");
     assert!(log.contains("closed by the server: 1001"), "{log}");
 }
+
+/// SIGTERM closes every connection with 1001 and the process exits 0, as the app server
+/// does: a supervisor's stop never looks like a crash to the clients.
+#[tokio::test]
+async fn sigterm_closes_with_1001_and_exits_0() {
+    let mut server = serve(&["--app", "echo"]);
+    let url = format!("ws://{}/", server.addr);
+    let (mut ws, _) = within(roost::connect(&url)).await.unwrap();
+    within(ws.send(Message::text("before"))).await.unwrap();
+    assert!(matches!(
+        within(ws.recv()).await,
+        Some(Ok(Message::Text(_)))
+    ));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status();
+    assert!(status.unwrap().success());
+    match within(ws.recv()).await {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(frame.code, CloseCode::GOING_AWAY);
+            assert_eq!(frame.reason.as_str(), "server shutting down");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert!(
+        within(ws.recv()).await.is_none(),
+        "the close handshake completes"
+    );
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the server did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+}
+
+/// A setting only the application server has is refused with a word on where it applies,
+/// instead of being ignored by the echo app.
+#[test]
+fn echo_refuses_the_app_servers_settings() {
+    for flag in [
+        &["--durable", "/tmp/x"][..],
+        &["--allow-origin", "https://example.com"],
+        &["--max-connections", "10"],
+        &["--cluster", "redis://127.0.0.1:1"],
+        &["--dormant-after", "5"],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_roost"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(flag)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flag:?} was accepted");
+        assert!(
+            stderr.contains(flag[0]) && stderr.contains("--app chat"),
+            "{flag:?}: {stderr}"
+        );
+    }
+}

@@ -474,7 +474,7 @@ impl Shared {
             if let crate::store::StoreError::Moved { .. } = error {
                 return AttachmentError::Resumed;
             }
-            self.metrics.durable_write_errors.fetch_add(1, Relaxed);
+            self.metrics.store_errors.fetch_add(1, Relaxed);
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
                 "attachment store operation failed"
@@ -566,21 +566,7 @@ impl Server {
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
     pub async fn run(self) -> io::Result<()> {
-        let signal = async {
-            #[cfg(unix)]
-            {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-                }
-            }
-            #[cfg(not(unix))]
-            tokio::signal::ctrl_c().await?;
-            Ok::<_, io::Error>(())
-        };
-        self.run_until(signal).await
+        self.run_until(roost::shutdown_signal()).await
     }
 
     /// Serves until `shutdown` completes (or [`ServerHandle::shutdown`] is called), then stops
@@ -796,11 +782,17 @@ async fn accept_ws(
                 return;
             }
             Err(error) => {
-                // Try again later, with the same token: it is not spent by this attempt.
+                // Try again later, with the same token: it is not spent by this attempt. The
+                // store's error (logged) stays here: it may name paths of the server's.
                 shared.used_tokens.release(old);
                 let response = refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("cannot resume now: {error}"),
+                    match error {
+                        AttachmentError::Cancelled => "cannot resume now: the server is stopping",
+                        _ => {
+                            "cannot resume now: the attachment store failed; try again with the same token"
+                        }
+                    },
                 );
                 let _ = write_and_close(&mut tcp, &response).await;
                 return;

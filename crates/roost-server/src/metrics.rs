@@ -51,7 +51,7 @@ pub struct Metrics {
     pub(crate) handler_panics: AtomicU64,
     pub(crate) backpressure_closes: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
-    pub(crate) durable_write_errors: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
     pub(crate) resumes: AtomicU64,
     pub(crate) attachments_expired: AtomicU64,
     rejected: Mutex<BTreeMap<u16, u64>>,
@@ -218,9 +218,9 @@ impl Metrics {
                 &self.accept_errors,
             ),
             (
-                "roost_durable_write_errors_total",
-                "Attachment writes that failed.",
-                &self.durable_write_errors,
+                "roost_attachment_store_errors_total",
+                "Attachment store operations (writes, moves, removals, listings) that failed.",
+                &self.store_errors,
             ),
             (
                 "roost_resumes_total",

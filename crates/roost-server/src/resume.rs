@@ -319,7 +319,10 @@ pub enum ResumeError {
         reason: &'static str,
     },
     /// The token was not signed with this key, or was altered.
-    #[error("resume token signature does not match")]
+    #[error(
+        "resume token was not signed with this server's key: altered, or issued under another \
+         key (without a durable directory or a cluster, a server makes a new key at each start)"
+    )]
     BadSignature,
     /// The token was valid but its expiry has passed.
     #[error("resume token has expired")]

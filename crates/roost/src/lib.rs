@@ -60,7 +60,7 @@ pub use roost_proto::{
     Frame, Message, Negotiated, OpCode, Utf8Bytes,
     handshake::{HookResult, RequestHead},
 };
-pub use server::{Accepting, accept, accept_request, accept_with};
+pub use server::{Accepting, accept, accept_request, accept_with, shutdown_signal};
 pub use stream::WebSocket;
 
 use roost_proto::{HandshakeError, MaskSource, ProtocolError, UsageError};

@@ -111,6 +111,29 @@ async fn write_and_close<S: AsyncWrite + Unpin>(
     stream.shutdown().await
 }
 
+/// Completes when the process is asked to stop: SIGTERM (systemd, Kubernetes, `kill`) or
+/// SIGINT (Ctrl-C); on other platforms, Ctrl-C. A server selects on it beside its accept
+/// loop, then closes its connections with 1001 (going away).
+///
+/// Errors if the signal handlers cannot be installed.
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            result = tokio::signal::ctrl_c() => {
+                result?;
+                tracing::info!("SIGINT received");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
 /// Accepts connections from a listener and rides out failures to accept.
 ///
 /// Accepting fails mostly when the process is out of file descriptors (EMFILE). A server
@@ -155,8 +178,8 @@ impl Accepting {
                         None => {
                             tracing::warn!(
                                 %error,
-                                "cannot accept connections (EMFILE: raise `ulimit -n`); \
-                                 retrying every {} ms",
+                                "cannot accept connections{}; retrying every {} ms",
+                                advice(&error),
                                 Self::RETRY.as_millis()
                             );
                             self.outage = Some((std::time::Instant::now(), 1));
@@ -167,4 +190,17 @@ impl Accepting {
             }
         }
     }
+}
+
+/// What to do about a failure to accept, for the warning: the usual causes have a remedy.
+fn advice(error: &std::io::Error) -> &'static str {
+    #[cfg(unix)]
+    match error.raw_os_error() {
+        Some(libc::EMFILE) => return " (out of file descriptors: raise `ulimit -n`)",
+        Some(libc::ENFILE) => return " (the system is out of file descriptors: raise fs.file-max)",
+        Some(libc::ENOBUFS | libc::ENOMEM) => return " (out of kernel memory for sockets)",
+        _ => {}
+    }
+    let _ = error;
+    ""
 }

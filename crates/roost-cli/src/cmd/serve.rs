@@ -33,14 +33,15 @@ pub(crate) struct Args {
     /// Do not negotiate permessage-deflate.
     #[arg(long)]
     no_compression: bool,
-    /// Keep attachments and the resume key in this directory (chat): written durably before
+    /// Keep attachments and the resume key in this directory (chat, bench): written durably before
     /// the app is told they are stored, recovered after a crash.
     #[arg(long)]
     durable: Option<PathBuf>,
-    /// Most WebSocket connections at once (chat); past it the handshake gets 503.
-    #[arg(long, default_value_t = 20_000)]
-    max_connections: usize,
-    /// Allowed Origin (chat, repeatable); others get 403. Default: any origin.
+    /// Most WebSocket connections at once (chat, bench); past it the handshake gets 503.
+    /// Default 20,000.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Allowed Origin (chat, bench; repeatable); others get 403. Default: any origin.
     #[arg(long = "allow-origin")]
     allowed_origins: Vec<String>,
     /// Share rooms, presence and attachments with other roost processes through this Redis
@@ -48,17 +49,30 @@ pub(crate) struct Args {
     #[arg(long)]
     cluster: Option<String>,
     /// With --cluster: seconds after which the members of a vanished process leave presence.
-    #[arg(long, default_value_t = 6.0)]
-    presence_ttl: f64,
+    /// Default 6.
+    #[arg(long, value_parser = seconds, requires = "cluster")]
+    presence_ttl: Option<f64>,
     /// Seconds without a frame from a client after which its connection is closed (1001):
     /// drops peers that vanished without a word. Chat and bench ping a quiet client first.
     /// 0 keeps quiet connections forever.
-    #[arg(long, default_value_t = 75.0)]
+    #[arg(long, default_value_t = 75.0, value_parser = seconds)]
     idle_timeout: f64,
     /// Seconds a connection stays quiet before it turns dormant and hibernates (chat,
     /// bench): its task, buffers and compression state are released until it has input.
-    #[arg(long, default_value_t = 10.0)]
-    dormant_after: f64,
+    /// Default 10.
+    #[arg(long, value_parser = seconds)]
+    dormant_after: Option<f64>,
+}
+
+/// A number of seconds from 0 to a year, for the timing flags.
+fn seconds(text: &str) -> Result<f64, String> {
+    const YEAR: f64 = 86_400.0 * 365.0;
+    match text.parse::<f64>() {
+        Ok(seconds) if (0.0..=YEAR).contains(&seconds) => Ok(seconds),
+        _ => Err(format!(
+            "expected a number of seconds from 0 to {YEAR} (a year)"
+        )),
+    }
 }
 
 impl Args {
@@ -82,6 +96,19 @@ enum App {
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if let App::Chat | App::Bench = args.app {
         return run_server_app(args).await;
+    }
+    let server_flags = [
+        ("--durable", args.durable.is_some()),
+        ("--max-connections", args.max_connections.is_some()),
+        ("--allow-origin", !args.allowed_origins.is_empty()),
+        ("--cluster", args.cluster.is_some()),
+        ("--dormant-after", args.dormant_after.is_some()),
+    ];
+    if let Some((flag, _)) = server_flags.iter().find(|(_, given)| *given) {
+        anyhow::bail!(
+            "{flag} is a setting of the application server: use it with --app chat or --app \
+             bench (the echo app runs on the bare driver)"
+        );
     }
     let deflate = roost::DeflateConfig {
         enabled: !args.no_compression,
@@ -117,26 +144,50 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let listener = socket.listen(4096)?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!(app = ?args.app, "listening on {scheme}://{}", listener.local_addr()?);
+    let close_timeout = config.limits().close_timeout;
     let config = Arc::new(config);
     let idle = args.idle();
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     // Out of descriptors, accepting fails: the server keeps serving and tries again.
     let mut accepting = roost::Accepting::default();
+    let signal = roost::shutdown_signal();
+    tokio::pin!(signal);
     loop {
         tokio::select! {
             (tcp, peer) = accepting.next(&listener, |_| {}) => {
-                let (config, tls) = (config.clone(), tls.clone());
-                tokio::spawn(async move {
-                    if let Err(error) = serve_connection(tcp, &config, tls, idle).await {
+                let (config, tls, stopping) = (config.clone(), tls.clone(), stopping.clone());
+                connections.spawn(async move {
+                    if let Err(error) = serve_connection(tcp, &config, tls, idle, stopping).await {
                         debug!(%peer, %error, "connection ended with an error");
                     }
                 });
             }
-            _ = tokio::signal::ctrl_c() => {
-                info!("interrupted, stopping");
-                return Ok(());
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            result = &mut signal => {
+                result?;
+                break;
             }
         }
     }
+    // Stop accepting, close every connection with 1001, wait for the close handshakes (each
+    // bounded by the close timeout), then drop what is left.
+    drop(listener);
+    info!(
+        open = connections.len(),
+        "shutting down: closing every connection with 1001"
+    );
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(close_timeout + Duration::from_secs(1), async {
+        while connections.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
+        info!(
+            left = connections.len(),
+            "shutdown timeout: dropping the rest"
+        );
+    }
+    Ok(())
 }
 
 async fn serve_connection(
@@ -144,6 +195,7 @@ async fn serve_connection(
     config: &Config,
     tls: Option<roost::tls::TlsAcceptor>,
     idle: Option<Duration>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), roost::Error> {
     tcp.set_nodelay(true)?;
     match tls {
@@ -153,11 +205,11 @@ async fn serve_connection(
                     .await
                     .map_err(|_| roost::Error::Timeout("the TLS handshake took too long"))??;
             let ws = roost::accept_with(stream, config, |_, response| Ok(response)).await?;
-            echo(ws, idle, config.limits().close_timeout).await
+            echo(ws, idle, config.limits().close_timeout, stopping).await
         }
         None => {
             let ws = roost::accept_with(tcp, config, |_, response| Ok(response)).await?;
-            echo(ws, idle, config.limits().close_timeout).await
+            echo(ws, idle, config.limits().close_timeout, stopping).await
         }
     }
 }
@@ -166,6 +218,7 @@ async fn echo<S>(
     mut ws: roost::WebSocket<S>,
     idle: Option<Duration>,
     close_timeout: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), roost::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -201,21 +254,32 @@ where
                     continue;
                 }
                 debug!("no frame for the idle timeout; closing with 1001");
-                let frame = roost::CloseFrame::new(roost::CloseCode::GOING_AWAY, "idle timeout");
-                // Our close, and the reply if the peer is still there, within the close
-                // timeout: a peer that reads nothing cannot hold the connection with it.
-                let _ = tokio::time::timeout(close_timeout, async {
-                    ws.close(Some(frame)).await?;
-                    while ws.recv().await.is_some() {}
-                    Ok::<_, roost::Error>(())
-                })
-                .await;
+                close_going_away(&mut ws, "idle timeout", close_timeout).await;
+                break;
+            }
+            _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                close_going_away(&mut ws, "server shutting down", close_timeout).await;
                 break;
             }
         }
     }
     debug!(status = ?ws.close_status(), "connection closed");
     Ok(())
+}
+
+/// Closes with 1001 and `reason`, and takes the reply if the peer is still there, within
+/// `close_timeout`: a peer that reads nothing cannot hold the connection with it.
+async fn close_going_away<S>(ws: &mut roost::WebSocket<S>, reason: &str, close_timeout: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let frame = roost::CloseFrame::new(roost::CloseCode::GOING_AWAY, reason);
+    let _ = tokio::time::timeout(close_timeout, async {
+        ws.close(Some(frame)).await?;
+        while ws.recv().await.is_some() {}
+        Ok::<_, roost::Error>(())
+    })
+    .await;
 }
 
 /// An idle timeout that never comes (a year: far, and no overflow when added to an instant).
@@ -248,18 +312,22 @@ async fn run_server_app(args: Args) -> anyhow::Result<()> {
         .context("invalid limits")?;
     let config = roost_server::ServerConfig {
         protocol,
-        max_connections: args.max_connections,
+        max_connections: args.max_connections.unwrap_or(defaults.max_connections),
         allowed_origins: args.allowed_origins.clone(),
         durable_dir: args.durable.clone(),
-        cluster: args
-            .cluster
-            .as_ref()
-            .map(|url| roost_server::ClusterConfig {
-                presence_ttl: std::time::Duration::from_secs_f64(args.presence_ttl.max(0.3)),
-                ..roost_server::ClusterConfig::new(url)
-            }),
+        cluster: args.cluster.as_ref().map(|url| {
+            let cluster = roost_server::ClusterConfig::new(url);
+            roost_server::ClusterConfig {
+                presence_ttl: args.presence_ttl.map_or(cluster.presence_ttl, |ttl| {
+                    Duration::from_secs_f64(ttl.max(0.3))
+                }),
+                ..cluster
+            }
+        }),
         idle_timeout: args.idle().unwrap_or(FOREVER),
-        dormant_after: Duration::from_secs_f64(args.dormant_after.max(0.0)),
+        dormant_after: args
+            .dormant_after
+            .map_or(defaults.dormant_after, Duration::from_secs_f64),
         // A quiet client is pinged before it is dropped.
         ping_interval: args.idle().map_or(defaults.ping_interval, |idle| {
             defaults.ping_interval.min(idle / 2)
@@ -278,7 +346,7 @@ async fn run_server_app(args: Args) -> anyhow::Result<()> {
         .config(config)
         .bind(args.listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("starting the server on {}", args.listen))?;
     info!(app = ?args.app, durable = ?args.durable, "listening on ws://{}", server.local_addr()?);
     server.run().await?;
     info!("stopped");
