@@ -150,3 +150,47 @@ async fn operators_list_show_and_collect_attachments() {
     assert!(collected.status.success(), "{collected:?}");
     assert!(attachment_ids(dir.path()).is_empty());
 }
+
+/// `roost connect -H` sends request headers: a server that checks Origin lets it in with
+/// the right one, and without it the refusal says why.
+#[test]
+fn connect_sends_headers_and_shows_why_it_was_refused() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let server = common::serve(&["--app", "chat", "--allow-origin", "https://ok.example"]);
+    let url = format!("ws://{}/chat/lobby", server.addr);
+    let connect = |extra: &[&str]| {
+        let mut client = Command::new(env!("CARGO_BIN_EXE_roost"))
+            .arg("connect")
+            .args(extra)
+            .arg(&url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The name, then end of input: the client closes with 1000 and exits.
+        client.stdin.take().unwrap().write_all(b"ada\n").unwrap();
+        let started = Instant::now();
+        while client.try_wait().unwrap().is_none() {
+            if started.elapsed() > LIMIT {
+                let _ = client.kill();
+                panic!("roost connect still runs after {LIMIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        client.wait_with_output().unwrap()
+    };
+    let refused = connect(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("403") && stderr.contains("origin not allowed"),
+        "{stderr}"
+    );
+    let let_in = connect(&["-H", "Origin: https://ok.example"]);
+    let stderr = String::from_utf8_lossy(&let_in.stderr);
+    assert!(let_in.status.success(), "{stderr}");
+    assert!(stderr.contains("connected to"), "{stderr}");
+    assert!(String::from_utf8_lossy(&let_in.stdout).contains("hello ada"));
+}

@@ -55,6 +55,8 @@ pub mod tls;
 pub mod upgrade;
 
 pub use client::{ClientBuilder, MaybeTlsStream, connect};
+/// The `http` crate this API speaks (headers, requests, responses), at the version it uses.
+pub use http;
 pub use roost_proto::{
     self as proto, CloseCode, CloseFrame, CloseInitiator, CloseStatus, Config, DeflateConfig,
     Frame, Message, Negotiated, OpCode, Utf8Bytes,

@@ -1,7 +1,10 @@
 //! `roost connect`: an interactive client.
 
 use anyhow::Context as _;
-use roost::{ClientBuilder, Message};
+use roost::{
+    ClientBuilder, Message,
+    http::{HeaderName, HeaderValue},
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Arguments of `roost connect`.
@@ -16,12 +19,31 @@ pub(crate) struct Args {
     /// certificate) instead of the web PKI roots.
     #[arg(long)]
     ca: Option<std::path::PathBuf>,
+    /// Send a request header, `NAME: VALUE` (repeatable): `Origin`, `Authorization`, a
+    /// cookie.
+    #[arg(short = 'H', long = "header", value_parser = header)]
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A `NAME: VALUE` request header.
+fn header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("expected NAME: VALUE, got {text:?}"))?;
+    let name = HeaderName::try_from(name.trim())
+        .map_err(|_| format!("{:?} is not a header name", name.trim()))?;
+    let value = HeaderValue::try_from(value.trim())
+        .map_err(|_| format!("the value of {name} holds a character headers cannot carry"))?;
+    Ok((name, value))
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut builder = ClientBuilder::new(&args.url)?;
     for protocol in args.protocols {
         builder = builder.protocol(protocol);
+    }
+    for (name, value) in args.headers {
+        builder = builder.header(name, value);
     }
     if let Some(ca) = &args.ca {
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
