@@ -198,6 +198,7 @@ fn echo_refuses_the_app_servers_settings() {
         &["--max-connections", "10"],
         &["--cluster", "redis://127.0.0.1:1"],
         &["--dormant-after", "5"],
+        &["--admin-listen", "127.0.0.1:0"],
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_roost"))
             .args(["serve", "--listen", "127.0.0.1:0"])

@@ -32,7 +32,7 @@ use crate::{
     broker::{Cluster, Incoming},
     handler::{DynHandler, DynHttpHandler, Handler, HttpHandler, not_found},
     peer::{Due, Peer},
-    plain_http::serve_http,
+    plain_http::{Answers, serve_http},
     resume::{ResumeKey, UsedTokens},
     room::{Room, Rooms},
     sleepers::{self, Sleepers},
@@ -162,7 +162,7 @@ impl App {
 
     /// Answers plain HTTP requests (every path that is not a WebSocket route, and non-upgrade
     /// requests on them) with `handler`. `/metrics`, `/healthz`, `/readyz` and `/presence`
-    /// are the server's.
+    /// are the server's, unless [`ServerConfig::admin_addr`] moves them.
     pub fn http(mut self, handler: impl HttpHandler) -> Self {
         self.http = Arc::new(handler);
         self
@@ -181,8 +181,18 @@ impl App {
         self.serve_on(socket.listen(4096)?).await
     }
 
-    /// Uses a listener the caller bound. With a cluster configured, joins it first.
+    /// Uses a listener the caller bound. With a cluster configured, joins it first; with an
+    /// admin address, binds it.
     pub async fn serve_on(self, listener: TcpListener) -> io::Result<Server> {
+        let admin = match self.config.admin_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot listen on the admin address {addr}: {error}"),
+                )
+            })?),
+            None => None,
+        };
         let (cluster, incoming) = match &self.config.cluster {
             Some(config) => {
                 let (cluster, incoming) =
@@ -262,6 +272,7 @@ impl App {
         });
         Ok(Server {
             listener,
+            admin,
             shared,
             app,
             trigger: Arc::new(trigger),
@@ -521,6 +532,8 @@ impl Shared {
 /// A bound server, ready to run.
 pub struct Server {
     listener: TcpListener,
+    /// Where the server's own HTTP paths are served, if not on `listener`.
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
     app: Arc<AppRoutes>,
     trigger: Arc<watch::Sender<bool>>,
@@ -556,6 +569,14 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The address of the server's own HTTP paths, when they have one of their own
+    /// ([`ServerConfig::admin_addr`]).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|admin| admin.local_addr().ok())
+    }
+
     /// A handle to watch and stop the server.
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
@@ -575,11 +596,15 @@ impl Server {
     pub async fn run_until(self, shutdown: impl Future<Output = io::Result<()>>) -> io::Result<()> {
         let Server {
             listener,
+            admin,
             shared,
             app,
             trigger,
         } = self;
         let mut stop = shared.shutdown.clone();
+        if let Some(admin) = admin {
+            tokio::spawn(serve_admin(admin, shared.clone()));
+        }
         tokio::pin!(shutdown);
         // Out of descriptors, accepting fails: the server keeps serving and tries again.
         let mut accepting = roost::Accepting::default();
@@ -680,7 +705,30 @@ async fn handle_tcp(task: TaskGuard, app: &AppRoutes, mut tcp: TcpStream, addr: 
             drop((raw, buf, reader));
             accept_ws(task, route, room, tcp, request, leftover).await;
         }
-        _ => serve_http(shared, &app.http, tcp, Bytes::from(raw)).await,
+        _ => {
+            let answers = Answers::Public {
+                own_paths: shared.config.admin_addr.is_none(),
+                app: app.http.clone(),
+            };
+            serve_http(shared, answers, tcp, Bytes::from(raw)).await;
+        }
+    }
+}
+
+/// Serves the server's own HTTP paths on the admin address until the shutdown starts.
+async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.clone();
+    let mut accepting = roost::Accepting::default();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            (tcp, _) = accepting.next(&listener, |_| {}) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    serve_http(&shared, Answers::Admin, tcp, Bytes::new()).await;
+                });
+            }
+        }
     }
 }
 

@@ -69,6 +69,12 @@ pub struct ServerConfig {
     /// Share rooms, presence and attachments with other roost processes through Redis
     /// (`--cluster redis://HOST:PORT`). Default none: a single process, the fastest path.
     pub cluster: Option<crate::ClusterConfig>,
+    /// Serve the server's own HTTP paths (`/metrics`, `/healthz`, `/readyz`, `/presence`) on
+    /// this address instead of the public port (`--admin-listen ADDR`): bind it to a private
+    /// interface so only operators and probes reach them. The public port then hands those
+    /// paths to the app's [`HttpHandler`](crate::HttpHandler) like any other. Default none:
+    /// they are served on the public port.
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +102,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(5),
             auto_response: None,
             cluster: None,
+            admin_addr: None,
         }
     }
 }

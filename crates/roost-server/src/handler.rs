@@ -161,7 +161,9 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Answers plain HTTP requests on the same port (everything that is not a WebSocket route).
-/// `/metrics`, `/healthz`, `/readyz` and `/presence` are answered by the server first.
+/// `/metrics`, `/healthz`, `/readyz` and `/presence` are answered by the server first, unless
+/// [`ServerConfig::admin_addr`](crate::ServerConfig::admin_addr) moves them to an address of
+/// their own.
 pub trait HttpHandler: Send + Sync + 'static {
     /// The response to `request`, its whole body read (at most 1 MiB; a longer body is
     /// answered 413 without a call).

@@ -3,7 +3,8 @@
 //!
 //! - [`App`]: WebSocket routes (`/chat/:room`) run by a [`Handler`], an [`HttpHandler`] for
 //!   everything else on the same port, `/metrics` (Prometheus), `/healthz`, `/readyz` and
-//!   `/presence?room=R`.
+//!   `/presence?room=R` (or those on an admin address of their own,
+//!   [`ServerConfig::admin_addr`]).
 //! - [`Ws`]: a cheap, cloneable handle to one connection: send, close, attachment,
 //!   auto-response, resume token.
 //! - [`Room`]: the connections sharing a key; [`Room::broadcast`] encodes a message once and

@@ -44,39 +44,73 @@ async fn presence(shared: &Arc<Shared>, query: Option<&str>) -> Response<Bytes> 
     }
 }
 
+/// Which requests a plain HTTP connection answers.
+#[derive(Clone)]
+pub(crate) enum Answers {
+    /// The public port: the server's own paths unless they are on the admin address, the
+    /// app's handler for the rest.
+    Public {
+        own_paths: bool,
+        app: Arc<dyn DynHttpHandler>,
+    },
+    /// The admin address: the server's own paths, 404 for the rest.
+    Admin,
+}
+
+/// The answer to one of the server's own paths, `None` for any other path.
+async fn own_path(shared: &Arc<Shared>, request: &Request<Bytes>) -> Option<Response<Bytes>> {
+    Some(match request.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            shared.render_metrics(),
+            "text/plain; version=0.0.4",
+        ),
+        "/healthz" => text(StatusCode::OK, "ok\n".to_owned(), "text/plain"),
+        "/presence" => presence(shared, request.uri().query()).await,
+        "/readyz" if shared.ready() => text(StatusCode::OK, "ready\n".to_owned(), "text/plain"),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the cluster broker is unreachable\n".to_owned(),
+            "text/plain",
+        ),
+        _ => return None,
+    })
+}
+
 /// Plain HTTP: hyper serves the request, from the bytes already read on.
 pub(crate) async fn serve_http(
     shared: &Arc<Shared>,
-    http: &Arc<dyn DynHttpHandler>,
+    answers: Answers,
     tcp: TcpStream,
     read: Bytes,
 ) {
-    let http = http.clone();
     let shared = shared.clone();
     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-        let (http, shared) = (http.clone(), shared.clone());
+        let (answers, shared) = (answers.clone(), shared.clone());
         async move {
             let (parts, body) = request.into_parts();
             let response = match Limited::new(body, MAX_HTTP_BODY).collect().await {
                 Ok(body) => {
                     let request = Request::from_parts(parts, body.to_bytes());
-                    match request.uri().path() {
-                        "/metrics" => text(
-                            StatusCode::OK,
-                            shared.render_metrics(),
-                            "text/plain; version=0.0.4",
-                        ),
-                        "/healthz" => text(StatusCode::OK, "ok\n".to_owned(), "text/plain"),
-                        "/presence" => presence(&shared, request.uri().query()).await,
-                        "/readyz" if shared.ready() => {
-                            text(StatusCode::OK, "ready\n".to_owned(), "text/plain")
+                    match answers {
+                        Answers::Public { own_paths, app } => {
+                            let own = match own_paths {
+                                true => own_path(&shared, &request).await,
+                                false => None,
+                            };
+                            match own {
+                                Some(response) => response,
+                                None => app.call(request).await,
+                            }
                         }
-                        "/readyz" => text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: the cluster broker is unreachable\n".to_owned(),
-                            "text/plain",
-                        ),
-                        _ => http.call(request).await,
+                        Answers::Admin => match own_path(&shared, &request).await {
+                            Some(response) => response,
+                            None => text(
+                                StatusCode::NOT_FOUND,
+                                "not found\n".to_owned(),
+                                "text/plain",
+                            ),
+                        },
                     }
                 }
                 Err(_) => text(

@@ -48,6 +48,10 @@ pub(crate) struct Args {
     /// server (chat, bench): `redis://HOST:PORT`.
     #[arg(long)]
     cluster: Option<String>,
+    /// Serve /metrics, /healthz, /readyz and /presence on this address instead of --listen
+    /// (chat, bench): a private interface keeps them from the clients.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// With --cluster: seconds after which the members of a vanished process leave presence.
     /// Default 6.
     #[arg(long, value_parser = seconds, requires = "cluster")]
@@ -103,6 +107,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         ("--allow-origin", !args.allowed_origins.is_empty()),
         ("--cluster", args.cluster.is_some()),
         ("--dormant-after", args.dormant_after.is_some()),
+        ("--admin-listen", args.admin_listen.is_some()),
     ];
     if let Some((flag, _)) = server_flags.iter().find(|(_, given)| *given) {
         anyhow::bail!(
@@ -315,6 +320,7 @@ async fn run_server_app(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections.unwrap_or(defaults.max_connections),
         allowed_origins: args.allowed_origins.clone(),
         durable_dir: args.durable.clone(),
+        admin_addr: args.admin_listen,
         cluster: args.cluster.as_ref().map(|url| {
             let cluster = roost_server::ClusterConfig::new(url);
             roost_server::ClusterConfig {
@@ -348,6 +354,9 @@ async fn run_server_app(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("starting the server on {}", args.listen))?;
     info!(app = ?args.app, durable = ?args.durable, "listening on ws://{}", server.local_addr()?);
+    if let Some(admin) = server.admin_addr() {
+        info!("metrics, health and presence on http://{admin}");
+    }
     server.run().await?;
     info!("stopped");
     Ok(())

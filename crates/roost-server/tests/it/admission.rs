@@ -5,7 +5,7 @@ use roost::{ClientBuilder, Error, Message};
 use roost_server::{App, Data, Disconnect, Handler, Room, ServerConfig, Ws};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{connect, next_text, start, within};
+use super::{connect, eventually, next_text, start, within};
 
 struct Echo;
 
@@ -116,4 +116,56 @@ async fn plain_http_shares_the_port() {
     assert!(http_get(addr, "/e").await.ends_with("you asked for /e"));
     let (addr, _) = start(App::new().ws("/e", Echo).unwrap(), ServerConfig::default()).await;
     assert!(http_get(addr, "/nothing").await.starts_with("HTTP/1.1 404"));
+}
+
+/// With an admin address, the server's own paths are served there and only there: the
+/// public port hands them to the app like any other path, and stops them being reachable
+/// from where clients connect.
+#[tokio::test]
+async fn an_admin_address_takes_the_servers_own_paths_off_the_public_port() {
+    let config = ServerConfig {
+        admin_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..ServerConfig::default()
+    };
+    let server = App::new()
+        .ws("/e", Echo)
+        .unwrap()
+        .config(config)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (addr, admin) = (server.local_addr().unwrap(), server.admin_addr().unwrap());
+    let handle = server.handle();
+    tokio::spawn(server.run_until(std::future::pending()));
+    for path in ["/metrics", "/healthz", "/readyz", "/presence?room=r"] {
+        let public = http_get(addr, path).await;
+        assert!(
+            public.starts_with("HTTP/1.1 404"),
+            "{path} on the public port: {public}"
+        );
+    }
+    let metrics = http_get(admin, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("roost_connections{state=\"parked\"}"),
+        "{metrics}"
+    );
+    assert!(http_get(admin, "/healthz").await.ends_with("ok\n"));
+    assert!(http_get(admin, "/readyz").await.ends_with("ready\n"));
+    assert!(
+        http_get(admin, "/presence?room=r")
+            .await
+            .contains("\"count\":0")
+    );
+    assert!(http_get(admin, "/e").await.starts_with("HTTP/1.1 404"));
+    // WebSockets stay on the public port.
+    let mut ws = connect(addr, "/e").await;
+    within(ws.send(Message::text("still here"))).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "still here");
+    // The shutdown closes the admin address too.
+    handle.shutdown();
+    eventually("the admin address stops answering", || {
+        std::net::TcpStream::connect(admin).is_err()
+    })
+    .await;
 }
