@@ -17,8 +17,8 @@ use roost::{CloseCode, Utf8Bytes, proto::close::MAX_CLOSE_REASON};
 
 use crate::{
     Room, Ws,
-    app::Guards,
     peer::{Peer, Sleeper},
+    shared::Guards,
 };
 
 /// A received data message.

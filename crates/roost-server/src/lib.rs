@@ -37,15 +37,18 @@
 //! What it does not do: TLS (terminate it in front, or use the `roost` crate directly) and
 //! HTTP keep-alive for the plain HTTP handler (each plain request gets its own connection).
 
+mod accept;
 mod app;
 mod broker;
 mod config;
 mod handler;
+mod maintenance;
 mod metrics;
 mod peer;
 mod plain_http;
 pub mod resume;
 mod room;
+mod shared;
 mod sleepers;
 pub mod store;
 mod ws;

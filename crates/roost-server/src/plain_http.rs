@@ -16,7 +16,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{Room, app::Shared, handler::DynHttpHandler};
+use crate::{Room, handler::DynHttpHandler, shared::Shared};
 
 /// Largest HTTP request body the fallback handler reads.
 const MAX_HTTP_BODY: usize = 1 << 20;

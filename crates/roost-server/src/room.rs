@@ -30,7 +30,7 @@ use roost::{
 };
 
 use crate::{
-    ClusterError, Data, RemoteDelivery, SendOutcome, Ws, app::Shared, peer::Peer,
+    ClusterError, Data, RemoteDelivery, SendOutcome, Ws, peer::Peer, shared::Shared,
     store::ConnectionId,
 };
 

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use mio::{Events, Interest, Poll, Token, unix::SourceFd};
 use slab::Slab;
 
-use crate::{app::Shared, peer::Sleeper};
+use crate::{peer::Sleeper, shared::Shared};
 
 /// Readiness events taken from the poll per system call.
 const EVENTS: usize = 256;

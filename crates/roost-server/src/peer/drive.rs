@@ -19,8 +19,8 @@ use super::{
 };
 use crate::{
     ConnState, Data, Handler, Room, Ws,
-    app::Guards,
     handler::{Disconnect, DynHandler},
+    shared::Guards,
 };
 
 /// Runs one connection from the 101 response until it ends (then cleans up after it) or

@@ -46,7 +46,7 @@ use roost::{
 };
 use tokio::net::TcpStream;
 
-use crate::{ConnState, Data, app::Shared, store::ConnectionId};
+use crate::{ConnState, Data, shared::Shared, store::ConnectionId};
 
 mod drive;
 mod outbound;

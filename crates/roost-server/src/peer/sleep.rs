@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
 use super::{AWAKE, Core, Peer, Socket};
-use crate::{ConnState, app::Guards, handler::DynHandler};
+use crate::{ConnState, handler::DynHandler, shared::Guards};
 
 /// Most bytes one turn of [`Sleeper::hear`] reads, and most replies it makes, before it hands
 /// the connection to its task.
@@ -82,7 +82,7 @@ impl Idle {
 }
 
 /// A hibernating connection: everything needed to start its task again, owned by the
-/// server's table of sleepers ([`crate::app::Shared::wake`] takes it out).
+/// server's table of sleepers ([`crate::shared::Shared::wake`] takes it out).
 pub(crate) struct Sleeper {
     pub(super) peer: Arc<Peer>,
     pub(super) handler: Arc<dyn DynHandler>,

@@ -1,0 +1,303 @@
+//! One TCP connection up to its handler: the request head, then plain HTTP or the WebSocket
+//! handshake (admission, origin, resume) and the connection's task; and the admin address.
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::SystemTime,
+};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use roost::proto::{
+    Connection,
+    handshake::{self, RequestReader},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{
+    AttachmentError,
+    app::{AppRoutes, WsRoute},
+    peer::Peer,
+    plain_http::{Answers, serve_http},
+    shared::{Guards, OpenGuard, Shared, TaskGuard},
+    store::ConnectionId,
+};
+
+pub(crate) async fn handle_tcp(
+    task: TaskGuard,
+    app: &AppRoutes,
+    mut tcp: TcpStream,
+    addr: SocketAddr,
+) {
+    let shared = &task.0.clone();
+    let _ = tcp.set_nodelay(true);
+    let config = &shared.config.protocol;
+    let deadline = tokio::time::Instant::now() + config.limits().handshake_timeout;
+    let mut reader = RequestReader::new(config);
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let (request, leftover) = loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+            Err(_) => {
+                tracing::debug!(%addr, "handshake timed out");
+                shared.metrics.record_rejection(408);
+                return;
+            }
+        };
+        raw.extend_from_slice(&buf[..n]);
+        match reader.feed(&buf[..n]) {
+            Ok(Some(head)) => break head,
+            Ok(None) => {}
+            Err(error) => {
+                shared.metrics.record_rejection(error.status());
+                let _ = write_and_close(&mut tcp, &handshake::reject_response(&error)).await;
+                return;
+            }
+        }
+    };
+    let route = app.router.at(request.uri().path()).ok().map(|matched| {
+        let route = &app.routes[*matched.value];
+        let room = match &route.room_param {
+            Some(name) => matched.params.get(name).unwrap_or_default().to_owned(),
+            None => request.uri().path().to_owned(),
+        };
+        (route, room)
+    });
+    match route {
+        Some((route, room)) if roost::upgrade::is_upgrade_request(&request) => {
+            drop((raw, buf, reader));
+            accept_ws(task, route, room, tcp, request, leftover).await;
+        }
+        _ => {
+            let answers = Answers::Public {
+                own_paths: shared.config.admin_addr.is_none(),
+                app: app.http.clone(),
+            };
+            serve_http(shared, answers, tcp, Bytes::from(raw)).await;
+        }
+    }
+}
+
+/// Serves the server's own HTTP paths on the admin address until the shutdown starts.
+pub(crate) async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.clone();
+    let mut accepting = roost::Accepting::default();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            (tcp, _) = accepting.next(&listener, |_| {}) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    serve_http(&shared, Answers::Admin, tcp, Bytes::new()).await;
+                });
+            }
+        }
+    }
+}
+
+/// Admission, origin, resume and the handshake itself; then the connection runs in a task of
+/// its own, sized for the connection alone: nothing of the handshake stays in its memory.
+async fn accept_ws(
+    task: TaskGuard,
+    route: &WsRoute,
+    room: String,
+    mut tcp: TcpStream,
+    request: Request<()>,
+    leftover: Bytes,
+) {
+    let shared = &task.0.clone();
+    let refuse = |status: StatusCode, why: &str| {
+        shared.metrics.record_rejection(status.as_u16());
+        simple_response(status, why)
+    };
+    if shared.open.fetch_add(1, Relaxed) >= shared.config.max_connections {
+        shared.open.fetch_sub(1, Relaxed);
+        let response = refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections, try again later",
+        );
+        let _ = write_and_close(&mut tcp, &response).await;
+        return;
+    }
+    let open = OpenGuard(shared.clone());
+    if !shared.config.allowed_origins.is_empty() {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
+        if !origin.is_some_and(|o| shared.config.allowed_origins.iter().any(|a| a == o)) {
+            let response = refuse(StatusCode::FORBIDDEN, "origin not allowed");
+            let _ = write_and_close(&mut tcp, &response).await;
+            return;
+        }
+    }
+    let protocols = &route.protocols;
+    let accepted = handshake::accept(
+        &shared.config.protocol,
+        &request,
+        |request, mut response| {
+            let offered = request.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL);
+            let offered: Vec<&str> = offered
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .collect();
+            if let Some(chosen) = protocols.iter().find(|p| offered.contains(&p.as_str()))
+                && let Ok(value) = http::HeaderValue::from_str(chosen)
+            {
+                response
+                    .headers_mut()
+                    .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+            }
+            Ok(response)
+        },
+    );
+    let accepted = match accepted {
+        Ok(accepted) => accepted,
+        Err(rejected) => {
+            shared.metrics.record_rejection(rejected.error.status());
+            let _ = write_and_close(&mut tcp, &rejected.to_bytes()).await;
+            return;
+        }
+    };
+    // The token is spent only on a handshake that is otherwise accepted.
+    let resume_from = match resume_param(request.uri()) {
+        None => None,
+        Some(token) => match check_resume(shared, &token) {
+            Ok(id) => Some(id),
+            Err(why) => {
+                let response = refuse(StatusCode::UNAUTHORIZED, &why);
+                let _ = write_and_close(&mut tcp, &response).await;
+                return;
+            }
+        },
+    };
+    let id = ConnectionId::random();
+    // Before the attachment moves: an attachment is written (or moved) no earlier than the
+    // handshake of the token that reaches it, which `expire_attachments` relies on.
+    let expires = SystemTime::now() + shared.config.resume_ttl;
+    let mut attachment = None;
+    if let Some(old) = resume_from {
+        match shared.adopt(old, id).await {
+            Ok(Some(bytes)) => attachment = Some(bytes),
+            Ok(None) => {
+                // Nothing moved: a connection of that id still open (one that had written no
+                // attachment yet) keeps writing as before.
+                shared.used_tokens.release(old);
+                let response = refuse(
+                    StatusCode::GONE,
+                    "nothing to resume: the session ended (closed with 1000) or was already resumed",
+                );
+                let _ = write_and_close(&mut tcp, &response).await;
+                return;
+            }
+            Err(error) => {
+                // Try again later, with the same token: it is not spent by this attempt. The
+                // store's error (logged) stays here: it may name paths of the server's.
+                shared.used_tokens.release(old);
+                let response = refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    match error {
+                        AttachmentError::Cancelled => "cannot resume now: the server is stopping",
+                        _ => {
+                            "cannot resume now: the attachment store failed; try again with the same token"
+                        }
+                    },
+                );
+                let _ = write_and_close(&mut tcp, &response).await;
+                return;
+            }
+        }
+    }
+    if tcp.write_all(&accepted.to_bytes()).await.is_err() {
+        // The client is gone before its new connection began: the attachment goes back where
+        // its token points, so a retry with that token resumes.
+        if let Some(old) = resume_from
+            && let Ok(Some(_)) = shared.adopt(id, old).await
+        {
+            shared.used_tokens.release(old);
+        }
+        return;
+    }
+    if let Some(old) = resume_from {
+        // Only now that the resume stands: the old connection's writes were refused since the
+        // token was spent, and it is still open if the attachment had to go back.
+        shared.took_session(old);
+        shared.metrics.resumes.fetch_add(1, Relaxed);
+    }
+    let mut core = Connection::server(shared.config.protocol.clone(), accepted.negotiated);
+    if let Some((request, response)) = &shared.config.auto_response {
+        core.set_auto_response(Some(shared.auto_response(request, response)));
+    }
+    let peer = Arc::new(Peer::new(
+        id,
+        shared.rooms.intern(&room),
+        shared.clone(),
+        tcp,
+        core,
+        expires,
+    ));
+    peer.set_attachment(attachment);
+    shared
+        .peers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, Arc::downgrade(&peer));
+    let (handler, url) = (route.handler.clone(), request.uri().clone());
+    drop(request);
+    handler.spawn_open(
+        peer,
+        url,
+        leftover,
+        Guards {
+            _open: open,
+            _task: task,
+        },
+    );
+}
+
+fn resume_param(uri: &http::Uri) -> Option<String> {
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("resume="))
+        .map(str::to_owned)
+}
+
+fn check_resume(shared: &Shared, token: &str) -> Result<ConnectionId, String> {
+    let now = SystemTime::now();
+    let claims = shared
+        .resume_key
+        .verify_claims(token, now)
+        .map_err(|error| format!("resume refused: {error}"))?;
+    if !shared
+        .used_tokens
+        .consume(claims.id, claims.expires_at, now)
+    {
+        return Err("resume refused: the token was already used".to_owned());
+    }
+    Ok(claims.id)
+}
+
+fn simple_response(status: StatusCode, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\n\r\n{body}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len() + 1,
+    )
+    .into_bytes()
+}
+
+async fn write_and_close(tcp: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    tcp.write_all(bytes).await?;
+    tcp.shutdown().await
+}
