@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use roost::proto::{
     Connection,
-    handshake::{self, RequestReader},
+    handshake::{self, Refusal, Rejected, RequestReader},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -23,7 +23,7 @@ use crate::{
     AttachmentError,
     app::{AppRoutes, WsRoute},
     peer::Peer,
-    plain_http::{Answers, serve_http},
+    plain_http::{Answers, query_param, serve_http},
     shared::{Guards, OpenGuard, Shared, TaskGuard},
     store::ConnectionId,
 };
@@ -169,9 +169,9 @@ async fn accept_ws(
         }
     };
     // The token is spent only on a handshake that is otherwise accepted.
-    let resume_from = match resume_param(request.uri()) {
+    let resume_from = match query_param(request.uri(), "resume") {
         None => None,
-        Some(token) => match check_resume(shared, &token) {
+        Some(token) => match check_resume(shared, token) {
             Ok(id) => Some(id),
             Err(why) => {
                 let response = refuse(StatusCode::UNAUTHORIZED, &why);
@@ -264,13 +264,6 @@ async fn accept_ws(
     );
 }
 
-fn resume_param(uri: &http::Uri) -> Option<String> {
-    uri.query()?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("resume="))
-        .map(str::to_owned)
-}
-
 fn check_resume(shared: &Shared, token: &str) -> Result<ConnectionId, String> {
     let now = SystemTime::now();
     let claims = shared
@@ -286,15 +279,9 @@ fn check_resume(shared: &Shared, token: &str) -> Result<ConnectionId, String> {
     Ok(claims.id)
 }
 
-fn simple_response(status: StatusCode, body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\n\r\n{body}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len() + 1,
-    )
-    .into_bytes()
+/// A refusal of the handshake with `status` and a one-line plain-text body saying why.
+fn simple_response(status: StatusCode, why: &str) -> Vec<u8> {
+    Rejected::from(Refusal::new(status, Some(format!("{why}\n")))).to_bytes()
 }
 
 async fn write_and_close(tcp: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {

@@ -62,4 +62,4 @@ pub use http;
 pub use metrics::{ConnState, Metrics};
 pub use peer::SendOutcome;
 pub use room::{BroadcastReport, Room};
-pub use ws::{AttachmentError, Ws};
+pub use ws::{AttachmentError, CLOSE_RESUMED, Ws};

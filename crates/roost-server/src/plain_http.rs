@@ -21,13 +21,17 @@ use crate::{Room, handler::DynHttpHandler, shared::Shared};
 /// Largest HTTP request body the fallback handler reads.
 const MAX_HTTP_BODY: usize = 1 << 20;
 
+/// The value of the query parameter `name` in `uri`, as sent (not percent-decoded).
+pub(crate) fn query_param<'a>(uri: &'a http::Uri, name: &str) -> Option<&'a str> {
+    uri.query()?.split('&').find_map(|pair| {
+        pair.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('='))
+    })
+}
+
 /// `/presence?room=R`: the room's members on every process, as JSON.
-async fn presence(shared: &Arc<Shared>, query: Option<&str>) -> Response<Bytes> {
-    let room = query
-        .unwrap_or_default()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("room="))
-        .unwrap_or_default();
+async fn presence(shared: &Arc<Shared>, uri: &http::Uri) -> Response<Bytes> {
+    let room = query_param(uri, "room").unwrap_or_default();
     let room = Room::new(room.into(), shared.clone());
     match room.cluster_members().await {
         Ok(members) => {
@@ -66,7 +70,7 @@ async fn own_path(shared: &Arc<Shared>, request: &Request<Bytes>) -> Option<Resp
             "text/plain; version=0.0.4",
         ),
         "/healthz" => text(StatusCode::OK, "ok\n".to_owned(), "text/plain"),
-        "/presence" => presence(shared, request.uri().query()).await,
+        "/presence" => presence(shared, request.uri()).await,
         "/readyz" if shared.ready() => text(StatusCode::OK, "ready\n".to_owned(), "text/plain"),
         "/readyz" => text(
             StatusCode::SERVICE_UNAVAILABLE,

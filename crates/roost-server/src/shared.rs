@@ -14,7 +14,7 @@ use roost::proto::AutoResponse;
 use tokio::sync::{Notify, watch};
 
 use crate::{
-    AttachmentError, Metrics, ServerConfig,
+    AttachmentError, CLOSE_RESUMED, Metrics, ServerConfig,
     broker::Cluster,
     peer::Peer,
     resume::{ResumeKey, UsedTokens},
@@ -176,7 +176,7 @@ impl Shared {
     pub(crate) fn displace(&self, id: ConnectionId) {
         if let Some(peer) = self.peer(id) {
             peer.set_attachment(None);
-            peer.close(roost::CloseCode(4001), "resumed on another connection");
+            peer.close(CLOSE_RESUMED, "resumed on another connection");
         }
     }
 

@@ -15,6 +15,11 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{ConnState, Data, Room, SendOutcome, peer::Peer, store::ConnectionId};
 
+/// The close code (4001, in the range RFC 6455 leaves to applications) of a connection
+/// whose session was resumed on another connection with its resume token: the client that
+/// gets it should not reconnect with that token, which is spent.
+pub const CLOSE_RESUMED: CloseCode = CloseCode(4001);
+
 /// One WebSocket connection of the server. Clone it freely and keep it anywhere: every method
 /// is safe from any task; once the connection is gone, sends report
 /// [`SendOutcome::Closed`].
@@ -47,7 +52,7 @@ pub enum AttachmentError {
     Store(#[from] crate::store::StoreError),
     /// The connection's session was resumed on another connection (with its resume token),
     /// which took the attachment: this one writes no more, so that nothing it writes is left
-    /// behind under its spent token. The server closes it with 4001.
+    /// behind under its spent token. The server closes it with [`CLOSE_RESUMED`].
     #[error("the session was resumed on another connection, which holds the attachment now")]
     Resumed,
     /// The durable write could not run (the runtime is shutting down).

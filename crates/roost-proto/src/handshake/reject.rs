@@ -32,6 +32,25 @@ impl From<Response<Option<String>>> for Refusal {
     }
 }
 
+impl From<Refusal> for Rejected {
+    /// The refusal as it is sent: a 1xx status becomes 500, and the connection closes after
+    /// it (`Connection: close`, the body framed by its length).
+    fn from(refusal: Refusal) -> Self {
+        let (mut parts, body) = refusal.0.into_parts();
+        if parts.status.is_informational() {
+            parts.status = StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        let error = HandshakeError::Rejected(parts.status.as_u16());
+        let body = body.unwrap_or_else(|| format!("{error}\n"));
+        let mut response = Response::from_parts(parts, body);
+        finish_refusal(&mut response);
+        Rejected {
+            error,
+            response: Box::new(response),
+        }
+    }
+}
+
 /// A request the server refuses: write the response and close the connection.
 #[derive(Debug)]
 #[must_use = "write the response, then close the connection"]
@@ -66,22 +85,6 @@ impl Rejected {
                 HeaderValue::from_static(VERSION),
             );
         }
-        finish_refusal(&mut response);
-        Rejected {
-            error,
-            response: Box::new(response),
-        }
-    }
-
-    /// The hook's refusal, made safe to send.
-    pub(super) fn from_hook(refusal: Refusal) -> Self {
-        let (mut parts, body) = refusal.0.into_parts();
-        if parts.status.is_informational() {
-            parts.status = StatusCode::INTERNAL_SERVER_ERROR;
-        }
-        let error = HandshakeError::Rejected(parts.status.as_u16());
-        let body = body.unwrap_or_else(|| format!("{error}\n"));
-        let mut response = Response::from_parts(parts, body);
         finish_refusal(&mut response);
         Rejected {
             error,
@@ -182,7 +185,7 @@ mod tests {
 
     #[test]
     fn hook_statuses_without_a_reason_phrase_are_sent_bare() {
-        let rejected = Rejected::from_hook(Refusal::new(StatusCode::from_u16(599).unwrap(), None));
+        let rejected = Rejected::from(Refusal::new(StatusCode::from_u16(599).unwrap(), None));
         let bytes = String::from_utf8(rejected.to_bytes()).unwrap();
         assert!(bytes.starts_with("HTTP/1.1 599 \r\n"), "{bytes}");
         assert_eq!(rejected.error.status(), 599);

@@ -208,7 +208,7 @@ pub fn accept<R: RequestHead + ?Sized>(
 
     let mut response = Response::new(());
     restore_handshake(&mut response, &accept, extensions.as_ref());
-    let mut response = hook(request, response).map_err(Rejected::from_hook)?;
+    let mut response = hook(request, response).map_err(Rejected::from)?;
     restore_handshake(&mut response, &accept, extensions.as_ref());
 
     let protocol = chosen_protocol(headers, response.headers()).map_err(Rejected::new)?;
