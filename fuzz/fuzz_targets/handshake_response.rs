@@ -140,6 +140,24 @@ fn same_outcome(chunked: &Outcome, unfed: &[u8], whole: &Outcome) {
             assert_eq!([&a.leftover[..], unfed].concat(), &b.leftover[..]);
         }
         (Ok(None), Ok(None)) => {}
+        (
+            Err(HandshakeError::UnexpectedStatus {
+                status: a,
+                body: part,
+                ..
+            }),
+            Err(HandshakeError::UnexpectedStatus {
+                status: b,
+                body: all,
+                ..
+            }),
+        ) => {
+            // The body line is what came with the head: a split can cut it short (a character
+            // cut in two reads as U+FFFD), never change what it says.
+            assert_eq!(a, b);
+            let part = part.trim_end_matches('\u{fffd}').trim_end();
+            assert!(all.starts_with(part), "chunked body {part:?}, whole {all:?}");
+        }
         (Err(a), Err(b)) => assert_eq!(a, b),
         (a, b) => panic!("chunked: {a:?}, whole: {b:?}"),
     }

@@ -168,7 +168,9 @@ pub enum HandshakeError {
     /// A `Sec-WebSocket-Extensions` header could not be parsed, or an offer was malformed.
     #[error("invalid Sec-WebSocket-Extensions: {0}")]
     InvalidExtensions(String),
-    /// The server's status was not 101 Switching Protocols.
+    /// Client: the server's status was not 101 Switching Protocols. More fields may come:
+    /// match it as `UnexpectedStatus { status, .. }`.
+    #[non_exhaustive]
     #[error("server answered {status} instead of 101 Switching Protocols{}", explain(*status, body))]
     UnexpectedStatus {
         /// The status the server sent.
@@ -209,7 +211,8 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
-    /// The HTTP status a server answers this error with.
+    /// The HTTP status a server answers this error with. For a client's errors this is not
+    /// the status the server sent: that one is in [`UnexpectedStatus`](Self::UnexpectedStatus).
     pub fn status(&self) -> u16 {
         match self {
             HandshakeError::HeadTooLarge { .. } | HandshakeError::TooManyHeaders { .. } => 431,
@@ -257,7 +260,10 @@ fn explain(status: u16, body: &str) -> String {
         format!(": {body:?}")
     };
     let hint = match status {
-        200..=399 | 404 => " (is this a WebSocket endpoint? check the URL's path)",
+        200..=299 | 404 => " (is this a WebSocket endpoint? check the URL's path)",
+        300..=399 => {
+            " (a redirect, which WebSocket clients do not follow: connect where it points)"
+        }
         _ => "",
     };
     format!("{said}{hint}")

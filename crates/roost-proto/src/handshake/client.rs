@@ -565,6 +565,29 @@ mod tests {
         );
     }
 
+    /// fuzz/regressions/handshake_response/refusal-body-cut-by-a-split: the body line is
+    /// what arrived with the head, so a read that ends with the head leaves it empty; a split
+    /// can cut it short but never change it.
+    #[test]
+    fn a_refusals_body_line_is_what_came_with_the_head() {
+        let head = "HTTP/1.1 100 Switching Po=\r\nSec-WebSocket-Protocol: chat\r\n\r\n";
+        let body = "\u{81}\u{2}hi";
+        let whole = rfc_client()
+            .feed(format!("{head}{body}").as_bytes())
+            .unwrap_err();
+        let mut split = rfc_client();
+        let cut = split.feed(head.as_bytes()).unwrap_err();
+        // Control characters are dropped from the line.
+        for (error, expected) in [(whole, "hi"), (cut, "")] {
+            match error {
+                HandshakeError::UnexpectedStatus { status, body, .. } => {
+                    assert_eq!((status, body.as_str()), (100, expected));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn a_refusal_carries_the_first_line_of_its_body() {
         let response = "HTTP/1.1 401 Unauthorized\r\nContent-Length: 40\r\n\r\n\
