@@ -1,5 +1,5 @@
 //! One TCP connection up to its handler: the request head, then plain HTTP or the WebSocket
-//! handshake (admission, origin, resume) and the connection's task; and the admin address.
+//! handshake (admission, origin, resume) and the connection's task.
 
 use std::{
     io,
@@ -16,7 +16,7 @@ use roost::proto::{
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 
 use crate::{
@@ -81,23 +81,6 @@ pub(crate) async fn handle_tcp(
                 app: app.http.clone(),
             };
             serve_http(shared, answers, tcp, Bytes::from(raw)).await;
-        }
-    }
-}
-
-/// Serves the server's own HTTP paths on the admin address until the shutdown starts.
-pub(crate) async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
-    let mut stop = shared.shutdown.clone();
-    let mut accepting = roost::Accepting::default();
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
-            (tcp, _) = accepting.next(&listener, |_| {}) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    serve_http(&shared, Answers::Admin, tcp, Bytes::new()).await;
-                });
-            }
         }
     }
 }

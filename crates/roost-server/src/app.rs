@@ -17,6 +17,7 @@ use std::{
     time::Instant,
 };
 
+use bytes::Bytes;
 use tokio::{
     net::TcpListener,
     sync::{Notify, watch},
@@ -24,10 +25,11 @@ use tokio::{
 
 use crate::{
     Metrics, ServerConfig,
-    accept::{handle_tcp, serve_admin},
+    accept::handle_tcp,
     broker::{Cluster, Incoming},
     handler::{DynHandler, DynHttpHandler, Handler, HttpHandler, not_found},
     maintenance::{displace_moved, expire_attachments, sweep_sleepers},
+    plain_http::{Answers, serve_http},
     resume::{ResumeKey, UsedTokens},
     room::{Room, Rooms},
     shared::{Shared, TaskGuard},
@@ -377,12 +379,10 @@ impl Server {
             trigger,
         } = self;
         let mut stop = shared.shutdown.clone();
-        if let Some(admin) = admin {
-            tokio::spawn(serve_admin(admin, shared.clone()));
-        }
         tokio::pin!(shutdown);
         // Out of descriptors, accepting fails: the server keeps serving and tries again.
         let mut accepting = roost::Accepting::default();
+        let mut admin_accepting = roost::Accepting::default();
         loop {
             tokio::select! {
                 result = &mut shutdown => {
@@ -403,9 +403,20 @@ impl Server {
                         handle_tcp(task, &app, tcp, peer).await;
                     });
                 }
+                (tcp, _) = async {
+                    match &admin {
+                        Some(admin) => admin_accepting.next(admin, |_| {}).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        serve_http(&shared, Answers::Admin, tcp, Bytes::new()).await;
+                    });
+                }
             }
         }
-        drop(listener);
+        drop((listener, admin));
         let _ = trigger.send(true);
         shared.shutting_down.store(true, SeqCst);
         shared.wake_all();
