@@ -6,7 +6,8 @@
 Three parts:
 - the threat model (prose kept here, reviewed like code);
 - every default limit, read from crates/roost-proto/src/config.rs,
-  crates/roost-server/src/config.rs and the fixed limits of crates/roost-server/src/app.rs:
+  crates/roost-server/src/config.rs and the fixed limits of the server's sources
+  (SERVER_LIMIT_FILES):
   the value from the `Default` impls and the reason from the doc comments;
 - the table of hostile cases with their observed outcomes, from the results file: nothing in
   it is written by hand.
@@ -23,7 +24,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROTO_CONFIG = REPO_ROOT / "crates" / "roost-proto" / "src" / "config.rs"
 SERVER_CONFIG = REPO_ROOT / "crates" / "roost-server" / "src" / "config.rs"
-SERVER_APP = REPO_ROOT / "crates" / "roost-server" / "src" / "app.rs"
+# The application server's fixed limits: every documented constant of these files.
+SERVER_LIMIT_FILES = [REPO_ROOT / "crates" / "roost-server" / "src" / name
+                      for name in ("plain_http.rs", "peer/sleep.rs", "maintenance.rs")]
 
 THREAT_MODEL = """\
 ## Threat model
@@ -62,12 +65,18 @@ open connections carrying the victim's cookies (cross-site WebSocket hijacking);
   dropped after `idle_timeout`.
 - *Files.* No client input becomes a file name: durable attachments are named by a random
   connection id, and a resume token is only trusted after its HMAC verifies.
+- *What the server tells about itself.* `/metrics`, `/healthz`, `/readyz` and `/presence`
+  (which lists the connection ids in a room) answer anyone who reaches the listening port,
+  unless `admin_addr` (`--admin-listen`) moves them to an address of their own: bind that to
+  a private interface. A refused handshake says why in one line, never what a store failed on.
 
 **What roost does not bound.** There is no rate limit, per-address limit or authentication
 before the handshake: a client can keep a connection busy at line rate (at linear cost), and
 many clients can each hold a handshake open for `handshake_timeout`, up to the process's file
 descriptor limit. `roost serve --app echo` runs the bare driver: it has no connection limit
-and no Origin check; a silent connection is closed (1001) after `--idle-timeout` (75 s). Worst-case memory is per connection (about one message plus the output queue), so
+and no Origin check (it refuses those settings rather than ignore them); a silent connection
+is closed (1001) after `--idle-timeout` (75 s). Worst-case memory is per connection (about
+one message plus the output queue), so
 `max_connections`, `max_message_size` and `max_outbound` must be sized together for the
 machine. TLS is terminated by roost only for the echo app (`--tls-cert`); put the application
 server behind a TLS terminator.
@@ -174,12 +183,11 @@ def first_sentences(text: str) -> str:
 def limits_section() -> str:
     proto = PROTO_CONFIG.read_text()
     server = SERVER_CONFIG.read_text()
-    app = SERVER_APP.read_text()
     rel = lambda path: path.relative_to(REPO_ROOT).as_posix()  # noqa: E731
     out = [
         "## Default limits",
         "",
-        f"Read from `{rel(PROTO_CONFIG)}`, `{rel(SERVER_CONFIG)}` and `{rel(SERVER_APP)}` "
+        f"Read from `{rel(PROTO_CONFIG)}`, `{rel(SERVER_CONFIG)}` and the files named below "
         "when this page was generated: the value is the `Default` implementation's, the reason "
         "is the doc comment's. `roost serve` keeps these defaults, except that "
         "`--max-message-size` (default 16 MiB) sets both `max_frame_size` and "
@@ -209,10 +217,12 @@ def limits_section() -> str:
         if name == "protocol":
             continue
         out.append(f"| `{name}` | {human(expr)} | {first_sentences(fields.get(name, ''))} |")
-    out += ["", "### Fixed limits of the application server (`app.rs`)", "",
-            "| Constant | Value | Why |", "|---|---|---|"]
-    for name, expr, doc in constants(app):
-        out.append(f"| `{name}` | {human(expr)} | {first_sentences(doc)} |")
+    out += ["", "### Fixed limits of the application server", "",
+            "| Constant | Value | Why | In |", "|---|---|---|---|"]
+    for path in SERVER_LIMIT_FILES:
+        for name, expr, doc in constants(path.read_text()):
+            out.append(f"| `{name}` | {human(expr)} | {first_sentences(doc)} | "
+                       f"`{rel(path)}` |")
     return "\n".join(out) + "\n"
 
 

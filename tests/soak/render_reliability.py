@@ -247,7 +247,7 @@ def soak_section(summary: dict, svg_name: str, others: list[dict], isolate: dict
         "with 1000, the gauges must reach 0, the fd count must return to its idle value, the "
         "attachment files left must be exactly the sessions left resumable on purpose, the "
         "server's counters must agree with the client's (resumes, 401s, 410s, 1013 closes, "
-        "connections; no handler error or panic, no durable write error), the server log must "
+        "connections; no handler error or panic, no attachment-store error), the server log must "
         "hold no warning, and SIGTERM must stop the server with status 0.",
         "",
         "```sh",

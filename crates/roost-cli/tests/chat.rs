@@ -170,7 +170,8 @@ fn connect_sends_headers_and_shows_why_it_was_refused() {
             .spawn()
             .unwrap();
         // The name, then end of input: the client closes with 1000 and exits.
-        client.stdin.take().unwrap().write_all(b"ada\n").unwrap();
+        // A refused client may be gone before it reads: a broken pipe here is no failure.
+        let _ = client.stdin.take().unwrap().write_all(b"ada\n");
         let started = Instant::now();
         while client.try_wait().unwrap().is_none() {
             if started.elapsed() > LIMIT {

@@ -1,10 +1,10 @@
 //! Masking and unmasking (RFC 6455 §5.3).
 //!
 //! XOR with a 4-byte key in safe code, over 64-byte blocks of eight 64-bit words: the
-//! compiler turns the fixed-length inner loop into vector instructions. Measured against a
-//! loop over 16-byte words, that is 1.2x faster in place and 2x faster copying on payloads of
-//! 1 KiB and more, and within a nanosecond on short ones. `offset` lets a payload that arrives
-//! in pieces be unmasked piece by piece.
+//! compiler turns the fixed-length inner loop into vector instructions. Against the loop over
+//! 16-byte words it replaced, criterion measured unmasking 4 KiB and 1 MiB 25% and 18% faster
+//! and encoding a client's 16 KiB masked frame 34% faster, with 64-byte payloads unchanged.
+//! `offset` lets a payload that arrives in pieces be unmasked piece by piece.
 
 /// Bytes per block of the main loops.
 const BLOCK: usize = 64;

@@ -20,7 +20,6 @@ use tokio::{
 };
 
 use crate::{
-    AttachmentError,
     app::{AppRoutes, WsRoute},
     peer::Peer,
     plain_http::{Answers, query_param, serve_http},
@@ -182,18 +181,13 @@ async fn accept_ws(
                 let _ = write_and_close(&mut tcp, &response).await;
                 return;
             }
-            Err(error) => {
+            Err(_) => {
                 // Try again later, with the same token: it is not spent by this attempt. The
                 // store's error (logged) stays here: it may name paths of the server's.
                 shared.used_tokens.release(old);
                 let response = refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    match error {
-                        AttachmentError::Cancelled => "cannot resume now: the server is stopping",
-                        _ => {
-                            "cannot resume now: the attachment store failed; try again with the same token"
-                        }
-                    },
+                    "cannot resume now: the attachment could not be moved; try again with the same token",
                 );
                 let _ = write_and_close(&mut tcp, &response).await;
                 return;

@@ -45,9 +45,9 @@ pub struct ServerConfig {
     /// Idle time after which the server pings the peer. Default 30 s.
     pub ping_interval: Duration,
     /// Time without any frame from the peer after which the connection is dropped as dead:
-    /// a close frame (1001, "idle timeout") goes out if the socket takes it at once, and the
-    /// connection ends without waiting for an answer (the handler sees 1006). Default 75 s
-    /// (two missed pings and a margin).
+    /// a close frame (1001, "idle timeout") is sent if it can leave within the close timeout,
+    /// with no wait for the peer's answer (the handler sees 1006). Default 75 s (two missed
+    /// pings and a margin).
     pub idle_timeout: Duration,
     /// How long a resume token stays valid, from its connection's last attachment write (or
     /// its handshake, before any). Default 24 hours. While the connection is open, the server

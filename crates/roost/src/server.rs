@@ -115,7 +115,9 @@ async fn write_and_close<S: AsyncWrite + Unpin>(
 /// SIGINT (Ctrl-C); on other platforms, Ctrl-C. A server selects on it beside its accept
 /// loop, then closes its connections with 1001 (going away).
 ///
-/// Errors if the signal handlers cannot be installed.
+/// Errors if the signal handlers cannot be installed. Once it was first polled, the handlers
+/// stay installed for the life of the process (tokio's, which cannot be removed): a later
+/// SIGTERM or SIGINT no longer ends the process by itself.
 pub async fn shutdown_signal() -> std::io::Result<()> {
     #[cfg(unix)]
     {

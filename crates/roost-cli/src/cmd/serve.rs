@@ -237,6 +237,11 @@ where
     loop {
         tokio::select! {
             biased;
+            // First: a client that never stops sending must not hold the shutdown off.
+            _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                close_going_away(&mut ws, "server shutting down", close_timeout).await;
+                break;
+            }
             message = ws.recv() => {
                 let Some(message) = message else { break };
                 let message = message?;
@@ -260,10 +265,6 @@ where
                 }
                 debug!("no frame for the idle timeout; closing with 1001");
                 close_going_away(&mut ws, "idle timeout", close_timeout).await;
-                break;
-            }
-            _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => {
-                close_going_away(&mut ws, "server shutting down", close_timeout).await;
                 break;
             }
         }

@@ -20,7 +20,7 @@ use crate::{ConnState, handler::DynHandler, shared::Guards};
 
 /// Most bytes one turn of [`Sleeper::hear`] reads, and most replies it makes, before it hands
 /// the connection to its task.
-const HEAR_BUDGET: usize = 64 * 1024;
+const HEAR_BUDGET: usize = 64 << 10;
 
 /// The idle bookkeeping of one connection, carried from task to task across hibernation. 16
 /// bytes: a hibernating connection keeps it in the table of sleepers.
