@@ -215,29 +215,7 @@ async fn a_process_that_missed_a_resume_closes_the_displaced_connection_once_bac
         .unwrap()
         .get_connection()
         .unwrap();
-    let clients: String = redis::cmd("INFO").arg("clients").query(&mut admin).unwrap();
-    let connected: usize = clients
-        .lines()
-        .find_map(|line| line.strip_prefix("connected_clients:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let subscribers = 2; // one per node
-    let () = redis::pipe()
-        .atomic()
-        .cmd("CONFIG")
-        .arg("SET")
-        .arg("maxclients")
-        .arg(connected - subscribers)
-        .ignore()
-        .cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .ignore()
-        .query(&mut admin)
-        .unwrap();
+    hold_subscriptions_down(&mut admin);
     eventually(
         "a's subscription is down",
         Duration::from_secs(5),
@@ -260,6 +238,84 @@ async fn a_process_that_missed_a_resume_closes_the_displaced_connection_once_bac
         .query(&mut admin)
         .unwrap();
     assert_eq!(close_code(&mut carol).await, Some(CloseCode(4001)));
+}
+
+/// Takes both nodes' subscriptions down and keeps them down: the connection slots they held
+/// are taken back (`maxclients`) as the subscribers are killed, while every other connection
+/// to Redis stays up.
+fn hold_subscriptions_down(admin: &mut redis::Connection) {
+    let clients: String = redis::cmd("INFO").arg("clients").query(admin).unwrap();
+    let connected: usize = clients
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let subscribers = 2; // one per node
+    let () = redis::pipe()
+        .atomic()
+        .cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(connected - subscribers)
+        .ignore()
+        .cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .ignore()
+        .query(admin)
+        .unwrap();
+}
+
+/// A displaced connection that has not heard of the resume yet (its process is not
+/// listening) and writes its attachment is refused by the store, and closed with 4001: it
+/// leaves nothing under its spent id.
+#[tokio::test]
+async fn a_displaced_connection_that_writes_is_refused_and_closed() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis), node(&redis));
+    let (mut carol, carol_token) = join(a.addr, "w", "carol").await;
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    hold_subscriptions_down(&mut admin);
+    eventually(
+        "a's subscription is down",
+        Duration::from_secs(5),
+        || async { http_get(a.addr, "/readyz").await.0 == 503 },
+    )
+    .await;
+    let url = format!("ws://{}/chat/w?resume={carol_token}", b.addr);
+    let (mut resumed, _) = within(roost::connect(&url)).await.unwrap();
+    assert_eq!(next_text(&mut resumed).await, "welcome back carol");
+    assert!(next_text(&mut resumed).await.starts_with("resume "));
+    // The old connection renames itself: its write goes to the store, which refuses it.
+    within(carol.send(Message::text("/nick caroline")))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut carol).await, Some(CloseCode(4001)));
+    assert_eq!(
+        http_get(a.addr, "/readyz").await.0,
+        503,
+        "the store's refusal closed it, not the announcement"
+    );
+    let attachments: Vec<String> = redis::cmd("KEYS")
+        .arg("roost:att:*")
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(
+        attachments.len(),
+        1,
+        "only the resumed session's: {attachments:?}"
+    );
+    // The session lives on where it was resumed, under its name.
+    within(resumed.send(Message::text("/nick caro")))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut resumed).await, "carol is now caro");
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //!
 //! Protocol (text frames): the first message is the sender's name, answered `hello <name>`
 //! then `resume <token>`; every later message is broadcast to the room as `<name>: <text>`,
-//! the sender included. `heartbeat` is answered `alive` by an auto-response and never
+//! the sender included, except `/nick <new name>`, which renames the sender (stored before
+//! the room hears `<old> is now <new>`). `heartbeat` is answered `alive` by an auto-response and never
 //! reaches the handler. A client reconnecting with `?resume=<token>` gets `welcome back
 //! <name>` and a fresh `resume <token>`, and keeps its name. Closing with 1000 ends the
 //! session (the name is forgotten); any other end (a reload's 1001, a lost connection, a
@@ -10,7 +11,9 @@
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use roost_server::{App, Data, Disconnect, Handler, Room, RouteError, Ws, WsRoute};
+use roost_server::{
+    App, AttachmentError, Data, Disconnect, Handler, Room, RouteError, Ws, WsRoute,
+};
 
 /// The demo page, embedded in the binary.
 const PAGE: &str = include_str!("../../../../web/index.html");
@@ -41,28 +44,53 @@ impl Handler for Chat {
             .deserialize_attachment::<String>()
             .map_err(|_| Disconnect::new(1011, "stored name is unreadable"))?;
         match name {
-            Some(name) => {
-                room.broadcast(format!("{name}: {text}"));
-            }
-            None => {
-                let name = text.trim();
-                if name.is_empty() || name.chars().count() > MAX_NAME {
-                    return Err(Disconnect::policy(format!(
-                        "a name is 1 to {MAX_NAME} characters"
-                    )));
+            Some(old) => match text.strip_prefix("/nick ") {
+                Some(new) => {
+                    let new = valid_name(new)?;
+                    if store_name(ws, new).await? {
+                        room.broadcast(format!("{old} is now {new}"));
+                    }
                 }
-                ws.serialize_attachment(name).await.map_err(|error| {
-                    tracing::warn!(
-                        error = &error as &dyn std::error::Error,
-                        "cannot store the name"
-                    );
-                    Disconnect::new(1011, "cannot store your name right now")
-                })?;
-                ws.send_text(format!("hello {name}"));
-                ws.send_text(format!("resume {}", ws.resume_token()));
+                None => {
+                    room.broadcast(format!("{old}: {text}"));
+                }
+            },
+            None => {
+                let name = valid_name(&text)?;
+                if store_name(ws, name).await? {
+                    ws.send_text(format!("hello {name}"));
+                    ws.send_text(format!("resume {}", ws.resume_token()));
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// `text` trimmed, if it is a name.
+fn valid_name(text: &str) -> Result<&str, Disconnect> {
+    let name = text.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME {
+        return Err(Disconnect::policy(format!(
+            "a name is 1 to {MAX_NAME} characters"
+        )));
+    }
+    Ok(name)
+}
+
+/// Stores `name` as the connection's attachment, durably. False when the session was
+/// resumed elsewhere: the server closes this connection (4001) and it says nothing more.
+async fn store_name(ws: &Ws, name: &str) -> Result<bool, Disconnect> {
+    match ws.serialize_attachment(name).await {
+        Ok(()) => Ok(true),
+        Err(AttachmentError::Resumed) => Ok(false),
+        Err(error) => {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "cannot store the name"
+            );
+            Err(Disconnect::new(1011, "cannot store your name right now"))
+        }
     }
 }
 
