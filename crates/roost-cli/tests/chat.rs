@@ -76,10 +76,7 @@ async fn sigterm_closes_with_1001_keeps_files_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = serve_chat(dir.path());
     let (mut ws, token) = join(server.addr, "lobby", "grace").await;
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status();
-    assert!(status.unwrap().success());
+    server.sigterm();
     let mut close = None;
     while let Some(message) = within(ws.recv()).await {
         if let Ok(Message::Close(frame)) = message {
@@ -87,17 +84,7 @@ async fn sigterm_closes_with_1001_keeps_files_and_exits_0() {
         }
     }
     assert_eq!(close.map(|f| f.code), Some(CloseCode::GOING_AWAY));
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(exit) = server.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "the server did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = server.exit_status().await;
     assert!(exit.success(), "exit status {exit}");
     assert_eq!(
         attachment_ids(dir.path()).len(),

@@ -207,27 +207,10 @@ async fn a_resume_on_another_process_closes_the_connection_it_displaced() {
 #[tokio::test]
 async fn a_process_that_missed_a_resume_closes_the_displaced_connection_once_back() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis), node(&redis));
-    let (mut carol, carol_token) = join(a.addr, "m", "carol").await;
-    // a's subscription drops and cannot come back (no connection slot is left), while its
-    // other connections to Redis, and b's, stay up.
-    let mut admin = redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    hold_subscriptions_down(&mut admin);
-    eventually(
-        "a's subscription is down",
-        Duration::from_secs(5),
-        || async { http_get(a.addr, "/readyz").await.0 == 503 },
-    )
-    .await;
-    let url = format!("ws://{}/chat/m?resume={carol_token}", b.addr);
-    let (mut resumed, _) = within(roost::connect(&url)).await.unwrap();
-    assert_eq!(next_text(&mut resumed).await, "welcome back carol");
+    let mut unheard = Unheard::resume(&redis, "m").await;
     // b's announcement went out while a was not listening; a finds out once it is back.
     assert_eq!(
-        http_get(a.addr, "/readyz").await.0,
+        http_get(unheard.a.addr, "/readyz").await.0,
         503,
         "a is still not listening"
     );
@@ -235,9 +218,53 @@ async fn a_process_that_missed_a_resume_closes_the_displaced_connection_once_bac
         .arg("SET")
         .arg("maxclients")
         .arg(10_000)
-        .query(&mut admin)
+        .query(&mut unheard.admin)
         .unwrap();
-    assert_eq!(close_code(&mut carol).await, Some(CloseCode(4001)));
+    assert_eq!(close_code(&mut unheard.carol).await, Some(CloseCode(4001)));
+}
+
+/// carol's session, resumed on b while a, where her old connection lives, cannot hear of it.
+struct Unheard {
+    a: Server,
+    /// Kept to the end: dropping it stops the process.
+    b: Server,
+    /// The old connection, on a.
+    carol: common::Client,
+    /// The new one, on b, past its `welcome back` and `resume` lines.
+    resumed: common::Client,
+    /// A connection to Redis for the test's own commands.
+    admin: redis::Connection,
+}
+
+impl Unheard {
+    /// carol joins `room` on a; both nodes' subscriptions go down and stay down (a's other
+    /// connections to Redis, and b's, stay up); then her token resumes the session on b.
+    async fn resume(redis: &Redis, room: &str) -> Unheard {
+        let (a, b) = (node(redis), node(redis));
+        let (carol, carol_token) = join(a.addr, room, "carol").await;
+        let mut admin = redis::Client::open(redis.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        hold_subscriptions_down(&mut admin);
+        eventually(
+            "a's subscription is down",
+            Duration::from_secs(5),
+            || async { http_get(a.addr, "/readyz").await.0 == 503 },
+        )
+        .await;
+        let url = format!("ws://{}/chat/{room}?resume={carol_token}", b.addr);
+        let (mut resumed, _) = within(roost::connect(&url)).await.unwrap();
+        assert_eq!(next_text(&mut resumed).await, "welcome back carol");
+        assert!(next_text(&mut resumed).await.starts_with("resume "));
+        Unheard {
+            a,
+            b,
+            carol,
+            resumed,
+            admin,
+        }
+    }
 }
 
 /// Takes both nodes' subscriptions down and keeps them down: the connection slots they held
@@ -275,23 +302,13 @@ fn hold_subscriptions_down(admin: &mut redis::Connection) {
 #[tokio::test]
 async fn a_displaced_connection_that_writes_is_refused_and_closed() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis), node(&redis));
-    let (mut carol, carol_token) = join(a.addr, "w", "carol").await;
-    let mut admin = redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    hold_subscriptions_down(&mut admin);
-    eventually(
-        "a's subscription is down",
-        Duration::from_secs(5),
-        || async { http_get(a.addr, "/readyz").await.0 == 503 },
-    )
-    .await;
-    let url = format!("ws://{}/chat/w?resume={carol_token}", b.addr);
-    let (mut resumed, _) = within(roost::connect(&url)).await.unwrap();
-    assert_eq!(next_text(&mut resumed).await, "welcome back carol");
-    assert!(next_text(&mut resumed).await.starts_with("resume "));
+    let Unheard {
+        a,
+        b: _b,
+        mut carol,
+        mut resumed,
+        mut admin,
+    } = Unheard::resume(&redis, "w").await;
     // The old connection renames itself: its write goes to the store, which refuses it.
     within(carol.send(Message::text("/nick caroline")))
         .await

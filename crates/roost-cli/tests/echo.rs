@@ -159,10 +159,7 @@ async fn sigterm_closes_with_1001_and_exits_0() {
         within(ws.recv()).await,
         Some(Ok(Message::Text(_)))
     ));
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status();
-    assert!(status.unwrap().success());
+    server.sigterm();
     match within(ws.recv()).await {
         Some(Ok(Message::Close(Some(frame)))) => {
             assert_eq!(frame.code, CloseCode::GOING_AWAY);
@@ -174,17 +171,7 @@ async fn sigterm_closes_with_1001_and_exits_0() {
         within(ws.recv()).await.is_none(),
         "the close handshake completes"
     );
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(exit) = server.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "the server did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = server.exit_status().await;
     assert!(exit.success(), "exit status {exit}");
 }
 

@@ -31,6 +31,31 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// Asks the server to stop, as a supervisor does.
+    pub(crate) fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        assert!(status.unwrap().success());
+    }
+
+    /// Waits, at most [`LIMIT`], for the process to exit after [`Server::sigterm`].
+    pub(crate) async fn exit_status(&mut self) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                return exit;
+            }
+            assert!(
+                started.elapsed() < LIMIT,
+                "the server did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Starts `roost serve --listen 127.0.0.1:0 ARGS…` and reads the address it bound from its
 /// log: no port is picked in advance, so parallel tests never meet on one port.
 pub(crate) fn serve(args: &[&str]) -> Server {
