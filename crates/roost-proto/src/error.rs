@@ -171,7 +171,10 @@ pub enum HandshakeError {
     /// Client: the server's status was not 101 Switching Protocols. More fields may come:
     /// match it as `UnexpectedStatus { status, .. }`.
     #[non_exhaustive]
-    #[error("server answered {status} instead of 101 Switching Protocols{}", explain(*status, body))]
+    #[error(
+        "server answered {status} instead of 101 Switching Protocols{}",
+        explain(*status, body)
+    )]
     UnexpectedStatus {
         /// The status the server sent.
         status: u16,

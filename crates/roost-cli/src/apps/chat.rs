@@ -3,8 +3,8 @@
 //! Protocol (text frames): the first message is the sender's name, answered `hello <name>`
 //! then `resume <token>`; every later message is broadcast to the room as `<name>: <text>`,
 //! the sender included, except `/nick <new name>`, which renames the sender (stored before
-//! the room hears `<old> is now <new>`). `heartbeat` is answered `alive` by an auto-response and never
-//! reaches the handler. A client reconnecting with `?resume=<token>` gets `welcome back
+//! the room hears `<old> is now <new>`). `heartbeat` is answered `alive` by an auto-response
+//! and never reaches the handler. A client reconnecting with `?resume=<token>` gets `welcome back
 //! <name>` and a fresh `resume <token>`, and keeps its name. Closing with 1000 ends the
 //! session (the name is forgotten); any other end (a reload's 1001, a lost connection, a
 //! server restart) keeps it for resume.

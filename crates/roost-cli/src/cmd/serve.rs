@@ -33,8 +33,8 @@ pub(crate) struct Args {
     /// Do not negotiate permessage-deflate.
     #[arg(long)]
     no_compression: bool,
-    /// Keep attachments and the resume key in this directory (chat, bench): written durably before
-    /// the app is told they are stored, recovered after a crash.
+    /// Keep attachments and the resume key in this directory (chat, bench): written durably
+    /// before the app is told they are stored, recovered after a crash.
     #[arg(long)]
     durable: Option<PathBuf>,
     /// Most WebSocket connections at once (chat, bench); past it the handshake gets 503.

@@ -323,10 +323,13 @@ async fn drive<H: Handler>(
                 peer.core().on_deadline(now);
                 let quiet = now.saturating_duration_since(last_input);
                 if quiet >= config.idle_timeout {
-                    // A close frame for a peer that is still there but silent, written if
-                    // the socket takes it at once; no wait for an answer a vanished peer never
-                    // sends.
-                    tracing::debug!(id = %peer.id, "no frame for the idle timeout; closing with 1001 and dropping the connection");
+                    // A close frame for a peer that is still there but silent: it leaves as
+                    // the connection ends (within the close timeout), with no wait for an
+                    // answer a vanished peer never sends.
+                    tracing::debug!(
+                        id = %peer.id,
+                        "no frame for the idle timeout; closing with 1001 and dropping the connection"
+                    );
                     peer.close(CloseCode::GOING_AWAY, "idle timeout");
                     let _ = peer.flush_ready();
                     peer.core().receive_eof();
