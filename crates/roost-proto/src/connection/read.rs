@@ -259,6 +259,10 @@ impl Connection {
     /// Inflates received bytes of the compressed message into `payload`, checking the
     /// message's size and (for text) its UTF-8 as the bytes come. `fin`: the message ends
     /// here.
+    ///
+    /// The first fault in the inflated bytes decides the error, however the input was split:
+    /// invalid UTF-8 within the first `max_message_size` bytes fails with
+    /// [`ProtocolError::InvalidUtf8`] even when this call also inflated past the limit.
     fn inflate(&mut self, compressed: &[u8], fin: bool) -> Result<(), ProtocolError> {
         let (Some(message), Some(codec)) = (self.message.as_mut(), self.deflate.as_mut()) else {
             return Err(ProtocolError::ReservedBits);
@@ -267,19 +271,20 @@ impl Connection {
         let before = self.payload.len();
         // The limit for this output: what the message may still grow by.
         let limit = before + (max - message.len);
-        codec
-            .decompress(compressed, fin, &mut self.payload, limit)
-            .map_err(|error| match error {
-                ProtocolError::MessageTooLarge { .. } => ProtocolError::MessageTooLarge { max },
-                other => other,
-            })?;
-        message.len += self.payload.len() - before;
+        let inflated = codec.decompress(compressed, fin, &mut self.payload, limit);
+        // On an error the payload holds what inflated before it, at most one byte past the
+        // limit: those bytes are checked first.
+        let fresh = &self.payload[before..self.payload.len().min(limit)];
+        message.len += fresh.len();
         if message.opcode == OpCode::Text {
             self.utf8
-                .feed(&self.payload[before..])
+                .feed(fresh)
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        Ok(())
+        inflated.map_err(|error| match error {
+            ProtocolError::MessageTooLarge { .. } => ProtocolError::MessageTooLarge { max },
+            other => other,
+        })
     }
 
     /// [`Connection::receive_payload`] for a frame left in the input buffer: unmasks and

@@ -507,14 +507,14 @@ fn compressed_text_split_anywhere_arrives_whole() {
 
 /// `payload` compressed by a fresh client codec, cut into `frames` masked raw frames: a text
 /// frame with RSV1, continuations, the last with FIN.
-fn compressed_text_frames(payload: &str, frames: usize) -> Vec<Vec<u8>> {
+fn compressed_text_frames(payload: &[u8], frames: usize) -> Vec<Vec<u8>> {
     let mut codec = crate::deflate::DeflateCodec::new(
         false,
         DeflateParams::default(),
         &crate::DeflateConfig::default(),
     );
     let mut compressed = Vec::new();
-    codec.compress(payload.as_bytes(), &mut compressed);
+    codec.compress(payload, &mut compressed);
     let piece = compressed.len().div_ceil(frames);
     let pieces: Vec<&[u8]> = compressed.chunks(piece).collect();
     assert_eq!(
@@ -542,7 +542,7 @@ fn a_compressed_message_over_several_frames_arrives_whole_or_frame_by_frame() {
         no_masking: false,
     };
     let payload = "héllo wörld, ".repeat(400);
-    let wire: Vec<u8> = compressed_text_frames(&payload, 3).concat();
+    let wire: Vec<u8> = compressed_text_frames(payload.as_bytes(), 3).concat();
     for pieces in [wire.len(), 7] {
         let mut server = Connection::server(Config::default(), negotiated.clone());
         for piece in wire.chunks(pieces) {
@@ -583,7 +583,7 @@ fn a_compressed_message_over_several_frames_may_inflate_to_exactly_the_limit() {
         no_masking: false,
     };
     let payload = "héllo wörld, ".repeat(400);
-    let wire: Vec<u8> = compressed_text_frames(&payload, 4).concat();
+    let wire: Vec<u8> = compressed_text_frames(payload.as_bytes(), 4).concat();
     let limited = |max| {
         let config = Config::builder().max_message_size(max).build().unwrap();
         let mut server = Connection::server(config, negotiated.clone());
@@ -597,6 +597,40 @@ fn a_compressed_message_over_several_frames_may_inflate_to_exactly_the_limit() {
             max: payload.len() - 1
         })]
     );
+}
+
+#[test]
+fn an_oversized_compressed_text_fails_by_its_first_fault_however_it_is_read() {
+    // Invalid UTF-8 inside the first max_message_size inflated bytes is 1007, past them 1009:
+    // the same verdict whether the frame arrives whole or in pieces of any size.
+    let now = Instant::now();
+    let negotiated = Negotiated {
+        deflate: Some(DeflateParams::default()),
+        no_masking: false,
+    };
+    let max = 64 << 10;
+    for (bad_at, expected) in [
+        (100, ProtocolError::InvalidUtf8),
+        (max - 1, ProtocolError::InvalidUtf8),
+        (max, ProtocolError::MessageTooLarge { max }),
+        (max + 4000, ProtocolError::MessageTooLarge { max }),
+    ] {
+        let mut payload = b"abcdefgh".repeat(max / 4);
+        payload[bad_at] = 0xff;
+        let wire = compressed_text_frames(&payload, 1).concat();
+        for piece in [wire.len(), 1000, 7, 1] {
+            let config = Config::builder().max_message_size(max).build().unwrap();
+            let mut server = Connection::server(config, negotiated.clone());
+            for bytes in wire.chunks(piece) {
+                server.receive(bytes, now);
+            }
+            assert_eq!(
+                events(&mut server),
+                vec![Event::Failed(expected.clone())],
+                "invalid byte at {bad_at}, read in pieces of {piece}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -826,6 +860,26 @@ fn hostile_frame() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A compressed text or binary frame whose payload (repeated to inflate well past a small
+/// limit) may be invalid UTF-8: only a server that negotiated permessage-deflate takes it.
+fn compressed_frame() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop_oneof![Just(0xc1u8), Just(0xc2)],
+        proptest::collection::vec(any::<u8>(), 0..40),
+        1..200usize,
+    )
+        .prop_map(|(first, payload, times)| {
+            let mut codec = crate::deflate::DeflateCodec::new(
+                false,
+                DeflateParams::default(),
+                &crate::DeflateConfig::default(),
+            );
+            let mut compressed = Vec::new();
+            codec.compress(&payload.repeat(times), &mut compressed);
+            raw_frame(first, &compressed, KEY)
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -833,13 +887,26 @@ proptest! {
     /// pieces (`Connection::whole_message`): both must say and send exactly the same.
     #[test]
     fn a_stream_read_whole_or_byte_by_byte_gives_the_same_events_and_replies(
-        frames in proptest::collection::vec(hostile_frame(), 1..10),
+        frames in proptest::collection::vec(
+            prop_oneof![3 => hostile_frame(), 1 => compressed_frame()],
+            1..10,
+        ),
         auto in any::<bool>(),
+        deflate in any::<bool>(),
+        max_message_size in prop_oneof![Just(16 << 20), 1..2000usize],
     ) {
         let now = Instant::now();
         let wire: Vec<u8> = frames.concat();
+        let negotiated = Negotiated {
+            deflate: deflate.then(DeflateParams::default),
+            no_masking: false,
+        };
+        let config = Config::builder()
+            .max_message_size(max_message_size)
+            .build()
+            .unwrap();
         let server = || {
-            let mut server = Connection::server(Config::default(), Negotiated::default());
+            let mut server = Connection::server(config.clone(), negotiated.clone());
             if auto {
                 server.set_auto_response(Some(Arc::new(AutoResponse {
                     request: Utf8Bytes::from_static("ping?"),
