@@ -182,3 +182,50 @@ fn connect_sends_headers_and_shows_why_it_was_refused() {
     assert!(stderr.contains("connected to"), "{stderr}");
     assert!(String::from_utf8_lossy(&let_in.stdout).contains("hello ada"));
 }
+
+/// The server's limits are flags of `roost serve`: a quiet client is pinged after
+/// `--ping-interval`, a name over `--max-attachment-size` is refused with 1008 and the
+/// limit, and a token is refused once `--resume-ttl` has passed.
+#[tokio::test]
+async fn the_server_settings_are_taken_from_the_command_line() {
+    let server = common::serve(&[
+        "--app",
+        "chat",
+        "--ping-interval",
+        "0.2",
+        "--max-attachment-size",
+        "12",
+        "--resume-ttl",
+        "1",
+    ]);
+    let (mut ws, token) = join(server.addr, "lobby", "short").await;
+    match within(ws.recv()).await {
+        Some(Ok(Message::Ping(_))) => {}
+        other => panic!("expected a keepalive ping, got {other:?}"),
+    }
+    drop(ws); // no close frame: the session stays for a resume, until the token expires
+
+    let (mut ws, _) = within(roost::connect(&format!("ws://{}/chat/lobby", server.addr)))
+        .await
+        .unwrap();
+    // 16 bytes as JSON: over the 12 allowed.
+    within(ws.send(Message::text("a longer name")))
+        .await
+        .unwrap();
+    match within(ws.recv()).await {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(frame.code, CloseCode::POLICY_VIOLATION);
+            assert!(frame.reason.contains("at most 12 bytes"), "{frame:?}");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+
+    // Tokens carry whole seconds: past 1 s and the next second boundary, it has expired.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let url = format!("ws://{}/chat/lobby?resume={token}", server.addr);
+    let error = within(roost::connect(&url)).await.unwrap_err().to_string();
+    assert!(
+        error.contains("401") && error.contains("expired"),
+        "{error}"
+    );
+}

@@ -186,6 +186,11 @@ fn echo_refuses_the_app_servers_settings() {
         &["--cluster", "redis://127.0.0.1:1"],
         &["--dormant-after", "5"],
         &["--admin-listen", "127.0.0.1:0"],
+        &["--ping-interval", "5"],
+        &["--max-outbound", "4096"],
+        &["--backpressure", "drop"],
+        &["--resume-ttl", "60"],
+        &["--max-attachment-size", "100"],
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_roost"))
             .args(["serve", "--listen", "127.0.0.1:0"])

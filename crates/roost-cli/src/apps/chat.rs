@@ -84,6 +84,9 @@ async fn store_name(ws: &Ws, name: &str) -> Result<bool, Disconnect> {
     match ws.serialize_attachment(name).await {
         Ok(()) => Ok(true),
         Err(AttachmentError::Resumed) => Ok(false),
+        Err(AttachmentError::TooLarge { max, .. }) => Err(Disconnect::policy(format!(
+            "this server stores names of at most {max} bytes"
+        ))),
         Err(error) => {
             tracing::warn!(
                 error = &error as &dyn std::error::Error,

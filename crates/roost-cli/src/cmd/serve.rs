@@ -28,7 +28,7 @@ pub(crate) struct Args {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Largest message accepted, in bytes.
-    #[arg(long, default_value_t = 16 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     max_message_size: usize,
     /// Do not negotiate permessage-deflate.
     #[arg(long)]
@@ -54,18 +54,64 @@ pub(crate) struct Args {
     admin_listen: Option<SocketAddr>,
     /// With --cluster: seconds after which the members of a vanished process leave presence.
     /// Default 6.
-    #[arg(long, value_parser = seconds, requires = "cluster")]
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, requires = "cluster")]
     presence_ttl: Option<f64>,
     /// Seconds without a frame from a client after which its connection is closed (1001):
     /// drops peers that vanished without a word. Chat and bench ping a quiet client first.
     /// 0 keeps quiet connections forever.
-    #[arg(long, default_value_t = 75.0, value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 75.0, value_parser = seconds)]
     idle_timeout: f64,
     /// Seconds a connection stays quiet before it turns dormant and hibernates (chat,
     /// bench): its task, buffers and compression state are released until it has input.
     /// Default 10.
-    #[arg(long, value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     dormant_after: Option<f64>,
+    /// Seconds a connection stays quiet before the server pings it (chat, bench); 0 never
+    /// pings. Default 30, or half of --idle-timeout if that is less.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    ping_interval: Option<f64>,
+    /// Bytes that may wait in one connection's outbound queue (chat, bench): a client that
+    /// reads too slowly meets --backpressure past it. Default 1 MiB.
+    #[arg(long, value_name = "BYTES")]
+    max_outbound: Option<usize>,
+    /// What a connection whose outbound queue is full gets (chat, bench). Default close-1013.
+    #[arg(long, value_enum)]
+    backpressure: Option<Backpressure>,
+    /// Seconds a resume token stays valid after its connection's last attachment write
+    /// (chat, bench); stored attachments no token can reach any more are removed. Default
+    /// 86400 (a day).
+    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+    resume_ttl: Option<f64>,
+    /// Largest attachment a connection may store, in bytes (chat, bench). Default 64 KiB.
+    #[arg(long, value_name = "BYTES")]
+    max_attachment_size: Option<usize>,
+    /// Seconds a graceful shutdown (SIGTERM, SIGINT) waits for the close handshakes before it
+    /// drops the connections left.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = seconds)]
+    shutdown_timeout: f64,
+}
+
+/// What `--backpressure` does to a connection whose outbound queue is full.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Backpressure {
+    /// Close it with 1013 (try again later).
+    #[value(name = "close-1013")]
+    Close1013,
+    /// Close it with 1008 (policy violation).
+    #[value(name = "close-1008")]
+    Close1008,
+    /// Drop the message for that connection only; it stays open.
+    Drop,
+}
+
+impl From<Backpressure> for roost_server::BackpressurePolicy {
+    fn from(choice: Backpressure) -> Self {
+        match choice {
+            Backpressure::Close1013 => Self::Close(roost::CloseCode::TRY_AGAIN_LATER),
+            Backpressure::Close1008 => Self::Close(roost::CloseCode::POLICY_VIOLATION),
+            Backpressure::Drop => Self::Drop,
+        }
+    }
 }
 
 /// A number of seconds from 0 to a year, for the timing flags.
@@ -76,6 +122,14 @@ fn seconds(text: &str) -> Result<f64, String> {
         _ => Err(format!(
             "expected a number of seconds from 0 to {YEAR} (a year)"
         )),
+    }
+}
+
+/// A number of seconds above 0 and at most a year.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match seconds(text)? {
+        0.0 => Err("expected more than 0 seconds".to_owned()),
+        seconds => Ok(seconds),
     }
 }
 
@@ -108,6 +162,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         ("--cluster", args.cluster.is_some()),
         ("--dormant-after", args.dormant_after.is_some()),
         ("--admin-listen", args.admin_listen.is_some()),
+        ("--ping-interval", args.ping_interval.is_some()),
+        ("--max-outbound", args.max_outbound.is_some()),
+        ("--backpressure", args.backpressure.is_some()),
+        ("--resume-ttl", args.resume_ttl.is_some()),
+        ("--max-attachment-size", args.max_attachment_size.is_some()),
     ];
     if let Some((flag, _)) = server_flags.iter().find(|(_, given)| *given) {
         anyhow::bail!(
@@ -149,7 +208,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let listener = socket.listen(4096)?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!(app = ?args.app, "listening on {scheme}://{}", listener.local_addr()?);
-    let close_timeout = config.limits().close_timeout;
+    let shutdown_timeout = Duration::from_secs_f64(args.shutdown_timeout);
     let config = Arc::new(config);
     let idle = args.idle();
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -183,7 +242,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "shutting down: closing every connection with 1001"
     );
     let _ = stop.send(true);
-    let drained = tokio::time::timeout(close_timeout + Duration::from_secs(1), async {
+    let drained = tokio::time::timeout(shutdown_timeout, async {
         while connections.join_next().await.is_some() {}
     });
     if drained.await.is_err() {
@@ -336,9 +395,22 @@ async fn run_server_app(args: Args) -> anyhow::Result<()> {
             .dormant_after
             .map_or(defaults.dormant_after, Duration::from_secs_f64),
         // A quiet client is pinged before it is dropped.
-        ping_interval: args.idle().map_or(defaults.ping_interval, |idle| {
-            defaults.ping_interval.min(idle / 2)
-        }),
+        ping_interval: match args.ping_interval {
+            Some(0.0) => FOREVER,
+            Some(seconds) => Duration::from_secs_f64(seconds),
+            None => args.idle().map_or(defaults.ping_interval, |idle| {
+                defaults.ping_interval.min(idle / 2)
+            }),
+        },
+        max_outbound: args.max_outbound.unwrap_or(defaults.max_outbound),
+        backpressure: args.backpressure.map_or(defaults.backpressure, Into::into),
+        resume_ttl: args
+            .resume_ttl
+            .map_or(defaults.resume_ttl, Duration::from_secs_f64),
+        max_attachment_size: args
+            .max_attachment_size
+            .unwrap_or(defaults.max_attachment_size),
+        shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
         ..defaults
     };
     if args.cluster.is_some() && args.durable.is_some() {
