@@ -9,10 +9,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use roost::proto::{
     Connection,
-    handshake::{self, Refusal, Rejected, RequestReader},
+    handshake::{self, Accepted, Refusal, Rejected, RequestReader},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -95,121 +95,39 @@ async fn accept_ws(
     leftover: Bytes,
 ) {
     let shared = &task.0.clone();
-    let refuse = |status: StatusCode, why: &str| {
-        shared.metrics.record_rejection(status.as_u16());
-        simple_response(status, why)
-    };
-    if shared.open.fetch_add(1, Relaxed) >= shared.config.max_connections {
-        shared.open.fetch_sub(1, Relaxed);
-        let response = refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections, try again later",
-        );
-        let _ = write_and_close(&mut tcp, &response).await;
-        return;
-    }
-    let open = OpenGuard(shared.clone());
-    if !shared.config.allowed_origins.is_empty() {
-        let origin = request
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok());
-        if !origin.is_some_and(|o| shared.config.allowed_origins.iter().any(|a| a == o)) {
-            let response = refuse(StatusCode::FORBIDDEN, "origin not allowed");
-            let _ = write_and_close(&mut tcp, &response).await;
-            return;
-        }
-    }
-    let protocols = &route.protocols;
-    let accepted = handshake::accept(
-        &shared.config.protocol,
-        &request,
-        |request, mut response| {
-            let offered = request.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL);
-            let offered: Vec<&str> = offered
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .collect();
-            if let Some(chosen) = protocols.iter().find(|p| offered.contains(&p.as_str()))
-                && let Ok(value) = http::HeaderValue::from_str(chosen)
-            {
-                response
-                    .headers_mut()
-                    .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
-            }
-            Ok(response)
-        },
-    );
-    let accepted = match accepted {
-        Ok(accepted) => accepted,
-        Err(rejected) => {
-            shared.metrics.record_rejection(rejected.error.status());
-            let _ = write_and_close(&mut tcp, &rejected.to_bytes()).await;
+    let Admitted {
+        open,
+        accepted,
+        id,
+        expires,
+        resumed,
+    } = match admit(shared, route, &request).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            shared
+                .metrics
+                .record_rejection(refusal.response.status().as_u16());
+            let _ = write_and_close(&mut tcp, &refusal.to_bytes()).await;
             return;
         }
     };
-    // The token is spent only on a handshake that is otherwise accepted.
-    let resume_from = match query_param(request.uri(), "resume") {
-        None => None,
-        Some(token) => match check_resume(shared, token) {
-            Ok(id) => Some(id),
-            Err(why) => {
-                let response = refuse(StatusCode::UNAUTHORIZED, &why);
-                let _ = write_and_close(&mut tcp, &response).await;
-                return;
-            }
-        },
-    };
-    let id = ConnectionId::random();
-    // Before the attachment moves: an attachment is written (or moved) no earlier than the
-    // handshake of the token that reaches it, which `expire_attachments` relies on.
-    let expires = SystemTime::now() + shared.config.resume_ttl;
-    let mut attachment = None;
-    if let Some(old) = resume_from {
-        match shared.adopt(old, id).await {
-            Ok(Some(bytes)) => attachment = Some(bytes),
-            Ok(None) => {
-                // Nothing moved: a connection of that id still open (one that had written no
-                // attachment yet) keeps writing as before.
-                shared.used_tokens.release(old);
-                let response = refuse(
-                    StatusCode::GONE,
-                    "nothing to resume: the session ended (closed with 1000) or was already resumed",
-                );
-                let _ = write_and_close(&mut tcp, &response).await;
-                return;
-            }
-            Err(_) => {
-                // Try again later, with the same token: it is not spent by this attempt. The
-                // store's error (logged) stays here: it may name paths of the server's.
-                shared.used_tokens.release(old);
-                let response = refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "cannot resume now: the attachment could not be moved; try again with the same token",
-                );
-                let _ = write_and_close(&mut tcp, &response).await;
-                return;
-            }
-        }
-    }
     if tcp.write_all(&accepted.to_bytes()).await.is_err() {
         // The client is gone before its new connection began: the attachment goes back where
         // its token points, so a retry with that token resumes.
-        if let Some(old) = resume_from
+        if let Some((old, _)) = resumed
             && let Ok(Some(_)) = shared.adopt(id, old).await
         {
             shared.used_tokens.release(old);
         }
         return;
     }
-    if let Some(old) = resume_from {
+    let attachment = resumed.map(|(old, attachment)| {
         // Only now that the resume stands: the old connection's writes were refused since the
         // token was spent, and it is still open if the attachment had to go back.
         shared.took_session(old);
         shared.metrics.resumes.fetch_add(1, Relaxed);
-    }
+        attachment
+    });
     let mut core = Connection::server(shared.config.protocol.clone(), accepted.negotiated);
     if let Some((request, response)) = &shared.config.auto_response {
         core.set_auto_response(Some(shared.auto_response(request, response)));
@@ -241,6 +159,119 @@ async fn accept_ws(
     );
 }
 
+/// A WebSocket request the server said yes to, before the response is written.
+struct Admitted {
+    /// Its slot among `max_connections`.
+    open: OpenGuard,
+    accepted: Accepted,
+    /// The new connection's id.
+    id: ConnectionId,
+    /// When the resume token it hands out expires.
+    expires: SystemTime,
+    /// With a resume: the old connection's id and the attachment moved from it to `id`.
+    resumed: Option<(ConnectionId, Bytes)>,
+}
+
+/// Decides on a WebSocket request, in order: room among `max_connections` (503), Origin
+/// (403), the handshake (its own status), then the resume token (401, 410 or 503), which is
+/// spent only on a request that passed everything else.
+async fn admit(
+    shared: &Arc<Shared>,
+    route: &WsRoute,
+    request: &Request<()>,
+) -> Result<Admitted, Rejected> {
+    if shared.open.fetch_add(1, Relaxed) >= shared.config.max_connections {
+        shared.open.fetch_sub(1, Relaxed);
+        return Err(refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections, try again later",
+        ));
+    }
+    let open = OpenGuard(shared.clone());
+    if !shared.config.allowed_origins.is_empty() {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
+        if !origin.is_some_and(|o| shared.config.allowed_origins.iter().any(|a| a == o)) {
+            return Err(refusal(StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+    }
+    let accepted = handshake::accept(&shared.config.protocol, request, |request, response| {
+        Ok(choose_protocol(&route.protocols, request, response))
+    })?;
+    let id = ConnectionId::random();
+    // Before the attachment moves: an attachment is written (or moved) no earlier than the
+    // handshake of the token that reaches it, which `expire_attachments` relies on.
+    let expires = SystemTime::now() + shared.config.resume_ttl;
+    let resumed = match query_param(request.uri(), "resume") {
+        None => None,
+        Some(token) => Some(resume(shared, token, id).await?),
+    };
+    Ok(Admitted {
+        open,
+        accepted,
+        id,
+        expires,
+        resumed,
+    })
+}
+
+/// Answers with the first of the route's subprotocols the client offers, if any.
+fn choose_protocol(
+    protocols: &[String],
+    request: &Request<()>,
+    mut response: Response<()>,
+) -> Response<()> {
+    let offered: Vec<&str> = request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    if let Some(chosen) = protocols.iter().find(|p| offered.contains(&p.as_str()))
+        && let Ok(value) = http::HeaderValue::from_str(chosen)
+    {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
+    response
+}
+
+/// Spends `token` and moves its session's attachment to the new connection `id`; returns
+/// the old connection's id and the attachment.
+async fn resume(
+    shared: &Shared,
+    token: &str,
+    id: ConnectionId,
+) -> Result<(ConnectionId, Bytes), Rejected> {
+    let old = check_resume(shared, token).map_err(|why| refusal(StatusCode::UNAUTHORIZED, &why))?;
+    match shared.adopt(old, id).await {
+        Ok(Some(attachment)) => Ok((old, attachment)),
+        Ok(None) => {
+            // Nothing moved: a connection of that id still open (one that had written no
+            // attachment yet) keeps writing as before.
+            shared.used_tokens.release(old);
+            Err(refusal(
+                StatusCode::GONE,
+                "nothing to resume: the session ended (closed with 1000) or was already resumed",
+            ))
+        }
+        Err(_) => {
+            // Try again later, with the same token: it is not spent by this attempt. The
+            // store's error (logged) stays here: it may name paths of the server's.
+            shared.used_tokens.release(old);
+            Err(refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot resume now: the attachment could not be moved; try again with the same token",
+            ))
+        }
+    }
+}
+
 fn check_resume(shared: &Shared, token: &str) -> Result<ConnectionId, String> {
     let now = SystemTime::now();
     let claims = shared
@@ -257,8 +288,8 @@ fn check_resume(shared: &Shared, token: &str) -> Result<ConnectionId, String> {
 }
 
 /// A refusal of the handshake with `status` and a one-line plain-text body saying why.
-fn simple_response(status: StatusCode, why: &str) -> Vec<u8> {
-    Rejected::from(Refusal::new(status, Some(format!("{why}\n")))).to_bytes()
+fn refusal(status: StatusCode, why: &str) -> Rejected {
+    Rejected::from(Refusal::new(status, Some(format!("{why}\n"))))
 }
 
 async fn write_and_close(tcp: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
