@@ -141,11 +141,7 @@ async fn accept_ws(
         expires,
     ));
     peer.set_attachment(attachment);
-    shared
-        .peers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id, Arc::downgrade(&peer));
+    shared.peers.lock().insert(id, Arc::downgrade(&peer));
     let (handler, url) = (route.handler.clone(), request.uri().clone());
     drop(request);
     handler.spawn_open(

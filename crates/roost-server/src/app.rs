@@ -8,7 +8,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{
             AtomicBool, AtomicUsize,
             Ordering::{Relaxed, SeqCst},
@@ -16,6 +16,8 @@ use std::{
     },
     time::Instant,
 };
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use tokio::{

@@ -32,11 +32,13 @@ use std::{
     collections::HashSet,
     fmt,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -216,10 +218,7 @@ impl Cluster {
     /// under the rooms' lock, so the subscriptions and unsubscriptions of one room come in
     /// the order its members joined and left.
     pub(crate) fn subscribe(&self, room: &Arc<str>) {
-        self.subscribed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(room.clone());
+        self.subscribed.lock().insert(room.clone());
         let _ = self.control.send(Control::Subscribe(room.clone()));
     }
 
@@ -227,10 +226,7 @@ impl Cluster {
     ///
     /// [`subscribe`]: Self::subscribe
     pub(crate) fn unsubscribe(&self, room: &Arc<str>) {
-        self.subscribed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(room);
+        self.subscribed.lock().remove(room);
         let _ = self.control.send(Control::Unsubscribe(room.clone()));
     }
 
@@ -390,13 +386,7 @@ async fn subscriber(
         };
         let (mut sink, mut stream) = pubsub.split();
         let rooms: Vec<Arc<str>> = match cluster.upgrade() {
-            Some(c) => c
-                .subscribed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .cloned()
-                .collect(),
+            Some(c) => c.subscribed.lock().iter().cloned().collect(),
             None => return,
         };
         let mut healthy = sink.subscribe(RESUMED_CHANNEL).await.is_ok();

@@ -29,13 +29,7 @@ pub(crate) async fn displace_moved(shared: Weak<Shared>) {
         if !cluster.ready() {
             return;
         }
-        let ids: Vec<ConnectionId> = shared
-            .peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
-            .collect();
+        let ids: Vec<ConnectionId> = shared.peers.lock().keys().copied().collect();
         match cluster.moved_among(&ids).await {
             Ok(moved) => return moved.into_iter().for_each(|id| shared.displace(id)),
             Err(error) => tracing::warn!(%error, "could not look for resumed connections"),

@@ -3,11 +3,10 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    sync::{
-        Mutex,
-        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
-    },
+    sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
 };
+
+use parking_lot::Mutex;
 
 /// The three states of a WebSocket connection (see the crate docs on hibernation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,7 +97,7 @@ impl Metrics {
 
     /// How many connections ended with the peer's close code `code`.
     pub fn closes_with(&self, code: u16) -> u64 {
-        lock(&self.closes).get(&code).copied().unwrap_or(0)
+        self.closes.lock().get(&code).copied().unwrap_or(0)
     }
 
     pub(crate) fn enter(&self, state: ConnState) {
@@ -110,11 +109,11 @@ impl Metrics {
     }
 
     pub(crate) fn record_close(&self, code: u16) {
-        *lock(&self.closes).entry(code).or_default() += 1;
+        *self.closes.lock().entry(code).or_default() += 1;
     }
 
     pub(crate) fn record_rejection(&self, status: u16) {
-        *lock(&self.rejected).entry(status).or_default() += 1;
+        *self.rejected.lock().entry(status).or_default() += 1;
     }
 
     /// The Prometheus text exposition of every metric.
@@ -246,7 +245,7 @@ impl Metrics {
                         label: &str,
                         map: &Mutex<BTreeMap<u16, u64>>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (key, value) in lock(map).iter() {
+            for (key, value) in map.lock().iter() {
                 let _ = writeln!(out, "{name}{{{label}=\"{key}\"}} {value}");
             }
         };
@@ -266,10 +265,6 @@ impl Metrics {
         );
         out
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -24,12 +24,12 @@
 //! truncated to its first 16 bytes (128 bits, as RFC 2104 §5 allows; forging one still takes
 //! about 2^128 tries).
 
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -393,7 +393,7 @@ impl UsedTokens {
     /// `expires_at` is not after `now` (such a token is refused anyway).
     #[must_use]
     pub fn consume(&self, id: ConnectionId, expires_at: SystemTime, now: SystemTime) -> bool {
-        let mut used = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut used = self.inner.lock();
         used.forget_expired(now);
         if expires_at <= now || used.by_id.contains_key(&id) {
             return false;
@@ -406,7 +406,7 @@ impl UsedTokens {
     /// Gives the token for `id` back after a resume that failed before the attachment moved
     /// (or once it was moved back), so that the client can try again with it.
     pub fn release(&self, id: ConnectionId) {
-        let mut used = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut used = self.inner.lock();
         if let Some(expires_at) = used.by_id.remove(&id) {
             used.by_expiry.remove(&(expires_at, id));
         }
@@ -416,21 +416,13 @@ impl UsedTokens {
     /// taking, that connection's session.
     #[must_use]
     pub fn is_used(&self, id: ConnectionId) -> bool {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .by_id
-            .contains_key(&id)
+        self.inner.lock().by_id.contains_key(&id)
     }
 
     /// How many ids are remembered.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .by_id
-            .len()
+        self.inner.lock().by_id.len()
     }
 
     /// Whether no id is remembered.

@@ -20,8 +20,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock, Weak, atomic::Ordering::Relaxed},
+    sync::{Arc, Weak, atomic::Ordering::Relaxed},
 };
+
+use parking_lot::RwLock;
 
 use bytes::{Bytes, BytesMut};
 use roost::{
@@ -44,7 +46,7 @@ impl Rooms {
     /// The name of room `name` as the table keeps it, if the room exists: its connections
     /// share one copy instead of each keeping its own.
     pub(crate) fn intern(&self, name: &str) -> Arc<str> {
-        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let rooms = self.rooms.read();
         match rooms.get_key_value(name) {
             Some((key, _)) => key.clone(),
             None => name.into(),
@@ -55,7 +57,7 @@ impl Rooms {
     /// what it starts for the room (a cluster subscription) is then ordered with what
     /// `leave`'s `gone` ends for it, even when a join and a leave race.
     pub(crate) fn join(&self, peer: &Arc<Peer>, created: impl FnOnce()) {
-        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let mut rooms = self.rooms.write();
         let members = rooms.entry(peer.room.clone()).or_default();
         // Past u32::MAX members the slot is wrong, and `leave` searches instead.
         let slot = u32::try_from(members.len()).unwrap_or(u32::MAX);
@@ -70,7 +72,7 @@ impl Rooms {
     /// the table's lock (see [`join`](Self::join)). The last member takes the leaver's place:
     /// one swap, whatever the room's size.
     pub(crate) fn leave(&self, peer: &Arc<Peer>, gone: impl FnOnce()) {
-        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let mut rooms = self.rooms.write();
         let Some(members) = rooms.get_mut(&peer.room) else {
             return;
         };
@@ -92,12 +94,12 @@ impl Rooms {
     }
 
     pub(crate) fn members(&self, key: &str) -> Vec<Arc<Peer>> {
-        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let rooms = self.rooms.read();
         rooms.get(key).cloned().unwrap_or_default()
     }
 
     pub(crate) fn count(&self) -> usize {
-        self.rooms.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.rooms.read().len()
     }
 }
 

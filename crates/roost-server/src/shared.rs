@@ -4,10 +4,12 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Weak,
         atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
     },
 };
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use roost::proto::AutoResponse;
@@ -95,10 +97,7 @@ impl Shared {
     /// same: the server keeps the last one made, which in the usual case (one heartbeat for
     /// every connection) is everyone's, so a hibernating connection holds a pointer to it.
     pub(crate) fn auto_response(&self, request: &str, response: &str) -> Arc<AutoResponse> {
-        let mut last = self
-            .last_auto_response
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last_auto_response.lock();
         if let Some(auto) = &*last
             && auto.request.as_str() == request
             && auto.response.as_str() == response
@@ -147,7 +146,7 @@ impl Shared {
     /// Wakes every connection's task (each sees the shutdown flag, already up, and closes).
     pub(crate) fn notify_all(&self) {
         let peers: Vec<Arc<Peer>> = {
-            let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            let peers = self.peers.lock();
             peers.values().filter_map(Weak::upgrade).collect()
         };
         for peer in peers {
@@ -156,10 +155,7 @@ impl Shared {
     }
 
     pub(crate) fn forget(&self, id: ConnectionId) {
-        self.peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.peers.lock().remove(&id);
     }
 
     /// A resume here took the session of connection `old`: it ends, here or on whichever
@@ -181,11 +177,7 @@ impl Shared {
     }
 
     pub(crate) fn peer(&self, id: ConnectionId) -> Option<Arc<Peer>> {
-        self.peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .and_then(Weak::upgrade)
+        self.peers.lock().get(&id).and_then(Weak::upgrade)
     }
 
     pub(crate) async fn blocking<T: Send + 'static>(

@@ -10,10 +10,12 @@ use std::{
     io,
     os::fd::RawFd,
     sync::{
-        Mutex, MutexGuard, Weak,
+        Weak,
         atomic::{AtomicUsize, Ordering::Relaxed},
     },
 };
+
+use parking_lot::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use mio::{Events, Interest, Poll, Token, unix::SourceFd};
@@ -72,9 +74,7 @@ impl Sleepers {
 
     /// The shard that holds `key` (or one to insert into), locked.
     fn shard(&self, key: usize) -> MutexGuard<'_, Slab<Sleeper>> {
-        self.shards[key % SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.shards[key % SHARDS].lock()
     }
 
     /// Keeps `sleeper`, its socket `fd` watched for input, and returns its key. `Err` if the

@@ -29,7 +29,7 @@ use std::{
     collections::VecDeque,
     io,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc,
         atomic::{
             AtomicBool, AtomicU8, AtomicU32, AtomicUsize,
             Ordering::{Relaxed, SeqCst},
@@ -37,6 +37,8 @@ use std::{
     },
     time::Instant,
 };
+
+use parking_lot::{Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
@@ -256,14 +258,14 @@ impl Peer {
 
     /// The connection's attachment, if it has one.
     pub(crate) fn attachment(&self) -> Option<Bytes> {
-        let attachment = self.attachment.lock().unwrap_or_else(|e| e.into_inner());
+        let attachment = self.attachment.lock();
         attachment.clone().map(Bytes::from_owner)
     }
 
     /// Replaces the connection's attachment (`None` removes it).
     pub(crate) fn set_attachment(&self, bytes: Option<Bytes>) {
         let bytes = bytes.map(|bytes| Arc::from(&bytes[..]));
-        *self.attachment.lock().unwrap_or_else(|e| e.into_inner()) = bytes;
+        *self.attachment.lock() = bytes;
     }
 
     pub(crate) fn state(&self) -> ConnState {
@@ -289,7 +291,7 @@ impl Peer {
 
     /// The protocol core, made whole again first if it was idle.
     pub(crate) fn core(&self) -> CoreGuard<'_> {
-        let mut slot = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.core.lock();
         if let Core::Idle(_) = &*slot
             && let Core::Idle(idle) = std::mem::replace(&mut *slot, Core::Changing)
         {
@@ -301,7 +303,7 @@ impl Peer {
 
     /// Sets the auto-response, in an idle core too without making it whole.
     pub(crate) fn set_auto_response(&self, auto: Option<Arc<AutoResponse>>) {
-        match &mut *self.core.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &mut *self.core.lock() {
             Core::Awake(core) => core.set_auto_response(auto),
             Core::Idle(idle) => idle.set_auto_response(auto),
             // Only seen under the lock by the one changing it.
@@ -311,7 +313,7 @@ impl Peer {
 
     /// How many messages the auto-response answered, read without waking an idle core.
     pub(crate) fn auto_response_hits(&self) -> u64 {
-        let slot = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = self.core.lock();
         match &*slot {
             Core::Awake(core) => core.auto_response_hits(),
             Core::Idle(idle) => idle.auto_response_hits(),
@@ -321,7 +323,7 @@ impl Peer {
 
     /// Whether the core has something a task must see to; an idle core has nothing.
     fn core_needs_task(&self) -> bool {
-        let slot = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = self.core.lock();
         match &*slot {
             Core::Awake(core) => {
                 !core.can_send() || core.is_finished() || core.next_deadline().is_some()
@@ -432,7 +434,7 @@ impl Peer {
         &self,
         encode: impl FnOnce(&mut IdleConnection, &mut BytesMut) -> bool,
     ) -> Option<Bytes> {
-        match &mut *self.core.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &mut *self.core.lock() {
             Core::Idle(idle) => {
                 let mut frame = BytesMut::new();
                 encode(idle, &mut frame).then(|| frame.freeze())

@@ -6,8 +6,10 @@
 use std::{
     collections::VecDeque,
     io::{self, Write as _},
-    sync::{Arc, MutexGuard, atomic::Ordering::Relaxed},
+    sync::{Arc, atomic::Ordering::Relaxed},
 };
+
+use parking_lot::MutexGuard;
 
 use bytes::Bytes;
 use roost::CloseCode;
@@ -128,7 +130,7 @@ impl Outbound {
 
 impl Peer {
     pub(super) fn out(&self) -> MutexGuard<'_, Outbound> {
-        self.out.lock().unwrap_or_else(|e| e.into_inner())
+        self.out.lock()
     }
 
     /// Writes `bytes` now if nothing is queued, else queues them within the outbound bound.

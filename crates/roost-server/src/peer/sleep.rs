@@ -134,13 +134,13 @@ impl Sleeper {
         let peer = &*self.peer;
         // `try_lock`: a thread holding one of these may be waking this connection, for which
         // it waits on the table's lock, which this thread holds. The task sees to it then.
-        let Ok(mut core) = peer.core.try_lock() else {
+        let Some(mut core) = peer.core.try_lock() else {
             return Some(Bytes::new());
         };
         let Core::Idle(core) = &mut *core else {
             return Some(Bytes::new());
         };
-        let Ok(mut out) = peer.out.try_lock() else {
+        let Some(mut out) = peer.out.try_lock() else {
             return Some(Bytes::new());
         };
         if !out.queue.is_empty() || out.closed || out.kick.is_some() {
@@ -235,7 +235,7 @@ pub(super) fn hibernate(sleeper: Sleeper) {
 impl Peer {
     /// Reduces the core to its compact form if nothing is in flight (hibernation).
     pub(super) fn idle_core(&self) {
-        let mut slot = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.core.lock();
         if let Core::Awake(_) = &*slot
             && let Core::Awake(connection) = std::mem::replace(&mut *slot, Core::Changing)
         {

@@ -1,8 +1,8 @@
 //! [`MemoryStore`]: attachments in a map, gone when the process ends.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use super::{AttachmentStore, ConnectionId, StoreError, StoredAttachment};
@@ -30,19 +30,13 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
-
-    fn entries(&self) -> MutexGuard<'_, HashMap<ConnectionId, Entry>> {
-        // Every critical section leaves the map consistent, so a panic elsewhere while the
-        // lock was held does not make the data unusable.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_struct("MemoryStore")
-            .field("attachments", &self.entries().len())
+            .field("attachments", &self.entries.lock().len())
             .finish()
     }
 }
@@ -53,22 +47,27 @@ impl AttachmentStore for MemoryStore {
             bytes: bytes.to_vec(),
             modified: SystemTime::now(),
         };
-        self.entries().insert(id, entry);
+        self.entries.lock().insert(id, entry);
         Ok(())
     }
 
     fn get(&self, id: ConnectionId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.entries().get(&id).map(|entry| entry.bytes.clone()))
+        Ok(self
+            .entries
+            .lock()
+            .get(&id)
+            .map(|entry| entry.bytes.clone()))
     }
 
     fn remove(&self, id: ConnectionId) -> Result<(), StoreError> {
-        self.entries().remove(&id);
+        self.entries.lock().remove(&id);
         Ok(())
     }
 
     fn touch(&self, id: ConnectionId) -> Result<bool, StoreError> {
         Ok(self
-            .entries()
+            .entries
+            .lock()
             .get_mut(&id)
             .map(|entry| entry.modified = SystemTime::now())
             .is_some())
@@ -76,7 +75,8 @@ impl AttachmentStore for MemoryStore {
 
     fn list(&self) -> Result<Vec<StoredAttachment>, StoreError> {
         Ok(self
-            .entries()
+            .entries
+            .lock()
             .iter()
             .map(|(id, entry)| StoredAttachment {
                 id: *id,
@@ -87,7 +87,7 @@ impl AttachmentStore for MemoryStore {
     }
 
     fn adopt(&self, from: ConnectionId, to: ConnectionId) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut entries = self.entries();
+        let mut entries = self.entries.lock();
         let Some(mut entry) = entries.remove(&from) else {
             return Ok(None);
         };

@@ -57,9 +57,9 @@
 //!
 //! Error messages show the URL with any password masked.
 
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{Client, Connection, RedisError, RedisResult, Script};
@@ -465,17 +465,11 @@ struct PoolState {
 }
 
 impl Pool {
-    fn state(&self) -> MutexGuard<'_, PoolState> {
-        // Each critical section leaves the state consistent, so a panic elsewhere while the
-        // lock was held does not make it unusable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// An idle connection, or a new one if fewer than [`MAX_CONNECTIONS`] exist; otherwise
     /// waits for one to be returned. The connection counts as open until the slot is dropped
     /// or given it back.
     fn lease<'pool>(&'pool self, client: &Client) -> RedisResult<(Connection, Slot<'pool>)> {
-        let mut state = self.state();
+        let mut state = self.state.lock();
         loop {
             if let Some(connection) = state.idle.pop() {
                 return Ok((connection, Slot::new(self)));
@@ -484,10 +478,7 @@ impl Pool {
                 state.open += 1;
                 break;
             }
-            state = self
-                .returned
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            self.returned.wait(&mut state);
         }
         drop(state);
         // From here the slot counts the connection being opened, and closes it on failure.
@@ -499,7 +490,7 @@ impl Pool {
     /// Closes every idle connection.
     fn discard_idle(&self) {
         let idle = {
-            let mut state = self.state();
+            let mut state = self.state.lock();
             let idle = std::mem::take(&mut state.idle);
             state.open -= idle.len();
             idle
@@ -528,7 +519,7 @@ impl<'pool> Slot<'pool> {
 
     /// Returns `connection` to the idle set for the next caller.
     fn give_back(mut self, connection: Connection) {
-        self.pool.state().idle.push(connection);
+        self.pool.state.lock().idle.push(connection);
         self.given_back = true;
     }
 }
@@ -536,7 +527,7 @@ impl<'pool> Slot<'pool> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if !self.given_back {
-            self.pool.state().open -= 1;
+            self.pool.state.lock().open -= 1;
         }
         self.pool.returned.notify_one();
     }

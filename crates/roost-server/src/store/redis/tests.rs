@@ -390,7 +390,7 @@ fn many_threads_share_the_bounded_pool() {
     for handle in handles {
         handle.join().expect("join");
     }
-    let state = store.pool.state();
+    let state = store.pool.state.lock();
     assert!(state.open <= MAX_CONNECTIONS, "{} open", state.open);
     assert_eq!(state.idle.len(), state.open);
 }
