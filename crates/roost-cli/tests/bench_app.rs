@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use roost::{CloseCode, CloseFrame, Message};
+use roost::{CloseCode, CloseFrame, Message, WebSocket};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 mod common;
 
@@ -13,6 +14,25 @@ use common::{Client, Server, serve, within};
 async fn open(server: &Server, path: &str) -> Client {
     let url = format!("ws://{}{path}", server.addr);
     within(roost::connect(&url)).await.unwrap().0
+}
+
+/// Waits for `ws`'s next message and checks it is `expected`.
+async fn hears<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocket<S>, expected: &Message) {
+    assert_eq!(&within(ws.recv()).await.unwrap().unwrap(), expected);
+}
+
+/// `newcomer` speaks and every member already in the room hears it: the server's side of
+/// the newcomer has joined (its task joins before it reads a message), so from here on it
+/// hears the room too.
+async fn announce<S: AsyncRead + AsyncWrite + Unpin>(
+    newcomer: &mut WebSocket<S>,
+    members: &mut [&mut Client],
+) {
+    let hello = Message::text("joined");
+    within(newcomer.send(hello.clone())).await.unwrap();
+    for member in members {
+        hears(member, &hello).await;
+    }
 }
 
 /// Any path echoes with the message's own opcode; on /room/<name> a message reaches every
@@ -24,55 +44,49 @@ async fn echoes_on_any_path_and_fans_out_to_the_other_members_of_a_room() {
         let mut ws = open(&server, path).await;
         for message in [Message::text("text"), Message::binary(&b"\x00\xff"[..])] {
             within(ws.send(message.clone())).await.unwrap();
-            assert_eq!(within(ws.recv()).await.unwrap().unwrap(), message);
+            hears(&mut ws, &message).await;
         }
     }
-    let mut sender = open(&server, "/room/a").await;
-    let mut members = Vec::new();
+    let mut members = vec![open(&server, "/room/a").await];
     for _ in 0..3 {
-        members.push(open(&server, "/room/a").await);
+        let mut newcomer = open(&server, "/room/a").await;
+        announce(&mut newcomer, &mut members.iter_mut().collect::<Vec<_>>()).await;
+        members.push(newcomer);
     }
     let mut elsewhere = open(&server, "/room/b").await;
-    // Joining completes on the server after the handshake: a round trip through the room
-    // shows every member is in before the message that counts.
-    within(sender.send(Message::text("to room a")))
-        .await
-        .unwrap();
-    for member in &mut members {
-        assert_eq!(
-            within(member.recv()).await.unwrap().unwrap(),
-            Message::text("to room a")
-        );
-    }
     within(elsewhere.send(Message::text("to room b")))
         .await
         .unwrap();
-    within(sender.send(Message::text("second"))).await.unwrap();
-    for member in &mut members {
-        assert_eq!(
-            within(member.recv()).await.unwrap().unwrap(),
-            Message::text("second")
-        );
-    }
-    // The sender heard neither its own messages nor room b's: the next thing it gets is a
-    // member's message.
-    within(members[0].send(Message::text("from a member")))
+    let (sender, others) = members.split_first_mut().unwrap();
+    within(sender.send(Message::text("to room a")))
         .await
         .unwrap();
-    assert_eq!(
-        within(sender.recv()).await.unwrap().unwrap(),
-        Message::text("from a member")
-    );
+    for member in others.iter_mut() {
+        hears(member, &Message::text("to room a")).await;
+    }
+    // The sender heard neither its own message nor room b's: the next thing it gets is a
+    // member's.
+    within(others[0].send(Message::text("from a member")))
+        .await
+        .unwrap();
+    hears(sender, &Message::text("from a member")).await;
 }
 
-/// Messages of 16 KiB sent to a room with one member that reads nothing until every other
-/// member has them all: 32 MiB, past what the server's socket buffer (4 MiB at most here)
-/// and the slow member's small receive buffer hold, so the slow member's outbound queue fills.
-const FLOOD: usize = 2048;
+/// Bytes sent to a room with one member that reads nothing until every other member has
+/// them all: past what the server's socket send buffer (at most this host's tcp_wmem
+/// maximum) and the slow member's small receive buffer hold, so the slow member's outbound
+/// queue fills. Messages of 16 KiB.
+fn flood_messages() -> usize {
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(2)?.parse::<usize>().ok())
+        .unwrap_or(4 << 20);
+    (32 << 20).max(4 * wmem_max) / (16 << 10)
+}
 
 /// A member whose socket receives into a buffer of a few KiB, as a slow reader on a
 /// distant network would.
-async fn open_slow(server: &Server, path: &str) -> roost::WebSocket<tokio::net::TcpStream> {
+async fn open_slow(server: &Server, path: &str) -> WebSocket<tokio::net::TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = within(socket.connect(server.addr)).await.unwrap();
@@ -81,23 +95,21 @@ async fn open_slow(server: &Server, path: &str) -> roost::WebSocket<tokio::net::
     within(client.handshake(tcp)).await.unwrap().0
 }
 
-/// Floods room `room` past a member that does not read, then lets it read. Returns the
-/// binary messages it got and how its connection ended (`None`: still open, it heard the
-/// text sent after the flood).
-async fn flood(server: &Server, room: &str) -> (usize, Option<CloseFrame>) {
+/// Floods room `room` with `messages` past a member that does not read, then lets it read.
+/// Returns the binary messages it got and how its connection ended (`None`: still open, it
+/// heard the text sent after the flood).
+async fn flood(server: &Server, room: &str, messages: usize) -> (usize, Option<CloseFrame>) {
     let path = format!("/room/{room}");
-    let mut slow = open_slow(server, &path).await;
-    let mut witness = open(server, &path).await;
     let mut publisher = open(server, &path).await;
-    // Every member is in once the others hear it.
-    within(publisher.send(Message::text("here"))).await.unwrap();
-    let here = Message::text("here");
-    assert_eq!(within(slow.recv()).await.unwrap().unwrap(), here);
-    assert_eq!(within(witness.recv()).await.unwrap().unwrap(), here);
+    let mut slow = open_slow(server, &path).await;
+    announce(&mut slow, &mut [&mut publisher]).await;
+    let mut witness = open(server, &path).await;
+    announce(&mut witness, &mut [&mut publisher]).await;
+    hears(&mut slow, &Message::text("joined")).await;
     let payload = Bytes::from(vec![7u8; 16 << 10]);
     // The publisher keeps at most four messages ahead of the reading member, whose socket
     // buffer takes that much: only the slow member's queue can fill.
-    for _ in 0..FLOOD / 4 {
+    for _ in 0..messages / 4 {
         for _ in 0..4 {
             within(publisher.send(Message::Binary(payload.clone())))
                 .await
@@ -136,49 +148,41 @@ async fn flood(server: &Server, room: &str) -> (usize, Option<CloseFrame>) {
     within(reader).await.unwrap()
 }
 
-/// Past `--max-outbound` a slow member meets `--backpressure`: closed with the code chosen,
-/// or left open with the messages that did not fit dropped; below it, it gets everything.
-#[tokio::test]
-async fn a_member_that_does_not_read_meets_the_backpressure_chosen() {
-    let server = serve(&[
-        "--app",
-        "bench",
-        "--no-compression", // the flood must be 32 MiB on the wire too
-        "--max-outbound",
-        "65536",
-        "--backpressure",
-        "close-1008",
-    ]);
-    let (received, close) = flood(&server, "closing").await;
-    let close = close.unwrap_or_else(|| panic!("left open after {received} of {FLOOD}"));
-    assert_eq!(close.code, CloseCode::POLICY_VIOLATION);
-    assert!(received < FLOOD, "{received} of {FLOOD} messages");
-
-    let server = serve(&[
-        "--app",
-        "bench",
-        "--no-compression", // the flood must be 32 MiB on the wire too
-        "--max-outbound",
-        "65536",
-        "--backpressure",
-        "drop",
-    ]);
-    let (received, close) = flood(&server, "dropping").await;
-    assert_eq!(close, None, "left open");
-    assert!(
-        received < FLOOD,
-        "{received} of {FLOOD} messages: some were dropped"
-    );
-
-    // A queue that takes the whole flood (the default 1 MiB would not): nothing is lost.
-    let server = serve(&[
+/// `roost serve --app bench` without compression (the flood must be as large on the wire),
+/// with `--max-outbound BYTES --backpressure POLICY`.
+fn serve_limited(max_outbound: usize, policy: &str) -> Server {
+    let max_outbound = max_outbound.to_string();
+    serve(&[
         "--app",
         "bench",
         "--no-compression",
         "--max-outbound",
-        "67108864",
+        &max_outbound,
         "--backpressure",
-        "close-1008",
-    ]);
-    assert_eq!(flood(&server, "roomy").await, (FLOOD, None));
+        policy,
+    ])
+}
+
+/// Past `--max-outbound` a slow member meets `--backpressure`: closed with the code chosen,
+/// or left open with the messages that did not fit dropped; below it, it gets everything.
+#[tokio::test]
+async fn a_member_that_does_not_read_meets_the_backpressure_chosen() {
+    let messages = flood_messages();
+    let server = serve_limited(64 << 10, "close-1008");
+    let (received, close) = flood(&server, "closing", messages).await;
+    let close = close.unwrap_or_else(|| panic!("left open after {received} of {messages}"));
+    assert_eq!(close.code, CloseCode::POLICY_VIOLATION);
+    assert!(received < messages, "{received} of {messages} messages");
+
+    let server = serve_limited(64 << 10, "drop");
+    let (received, close) = flood(&server, "dropping", messages).await;
+    assert_eq!(close, None, "left open");
+    assert!(
+        received < messages,
+        "{received} of {messages} messages: some were dropped"
+    );
+
+    // A queue that takes the whole flood (the default 1 MiB would not): nothing is lost.
+    let server = serve_limited(2 * messages * (16 << 10), "close-1008");
+    assert_eq!(flood(&server, "roomy", messages).await, (messages, None));
 }

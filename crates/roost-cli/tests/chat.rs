@@ -208,7 +208,7 @@ async fn the_server_settings_are_taken_from_the_command_line() {
     let (mut ws, _) = within(roost::connect(&format!("ws://{}/chat/lobby", server.addr)))
         .await
         .unwrap();
-    // 16 bytes as JSON: over the 12 allowed.
+    // 15 bytes as JSON: over the 12 allowed.
     within(ws.send(Message::text("a longer name")))
         .await
         .unwrap();

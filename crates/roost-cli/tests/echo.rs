@@ -175,6 +175,25 @@ async fn sigterm_closes_with_1001_and_exits_0() {
     assert!(exit.success(), "exit status {exit}");
 }
 
+/// `--shutdown-timeout` bounds how long SIGTERM waits for a client that never answers the
+/// close: far less than the 5 s close timeout that would otherwise hold the exit.
+#[tokio::test]
+async fn sigterm_waits_at_most_the_shutdown_timeout_for_a_silent_client() {
+    let mut server = serve(&["--app", "echo", "--shutdown-timeout", "0.2"]);
+    let url = format!("ws://{}/", server.addr);
+    // Connected, then never read again: the server's close frame is never answered.
+    let (_silent, _) = within(roost::connect(&url)).await.unwrap();
+    let asked = Instant::now();
+    server.sigterm();
+    let exit = server.exit_status().await;
+    assert!(exit.success(), "exit status {exit}");
+    let waited = asked.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "exited {waited:?} after SIGTERM"
+    );
+}
+
 /// A setting only the application server has is refused with a word on where it applies,
 /// instead of being ignored by the echo app.
 #[test]

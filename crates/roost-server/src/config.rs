@@ -54,7 +54,8 @@ pub struct ServerConfig {
     /// dates its stored attachment anew once it is half this old (checked every 24th of it),
     /// so a token handed out late in a long connection lasts at least about half of it. It
     /// bounds the store too: an attachment not written for this long, whose connection is
-    /// gone, is removed (within a 24th of it), since no token can reach it.
+    /// gone, is removed (within a 24th of it), since no token can reach it. Tokens carry
+    /// their expiry in whole seconds, rounded down: one may lapse up to a second sooner.
     pub resume_ttl: Duration,
     /// Directory for durable attachments and the resume key (`--durable DIR`). Default none:
     /// attachments live in memory and resume tokens only work while the process lives.

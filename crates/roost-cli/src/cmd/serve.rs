@@ -72,16 +72,16 @@ pub(crate) struct Args {
     ping_interval: Option<f64>,
     /// Bytes that may wait in one connection's outbound queue (chat, bench): a client that
     /// reads too slowly meets --backpressure past it. Default 1 MiB.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = at_least_one::<usize>)]
     max_outbound: Option<usize>,
     /// What a connection whose outbound queue is full gets (chat, bench). Default close-1013.
     #[arg(long, value_enum)]
     backpressure: Option<Backpressure>,
-    /// Seconds a resume token stays valid after its connection's last attachment write
-    /// (chat, bench); stored attachments no token can reach any more are removed. Default
-    /// 86400 (a day).
-    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
-    resume_ttl: Option<f64>,
+    /// Whole seconds a resume token stays valid after its connection's last attachment
+    /// write (chat, bench); tokens expire on a whole second, so up to one second sooner.
+    /// Stored attachments no token can reach any more are removed. Default 86400 (a day).
+    #[arg(long, value_name = "SECONDS", value_parser = at_least_one::<u64>)]
+    resume_ttl: Option<u64>,
     /// Largest attachment a connection may store, in bytes (chat, bench). Default 64 KiB.
     #[arg(long, value_name = "BYTES")]
     max_attachment_size: Option<usize>,
@@ -125,11 +125,11 @@ fn seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-/// A number of seconds above 0 and at most a year.
-fn positive_seconds(text: &str) -> Result<f64, String> {
-    match seconds(text)? {
-        0.0 => Err("expected more than 0 seconds".to_owned()),
-        seconds => Ok(seconds),
+/// A whole number of at least 1.
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+    match text.parse::<T>() {
+        Ok(number) if number >= T::from(1) => Ok(number),
+        _ => Err("expected a whole number of at least 1".to_owned()),
     }
 }
 
@@ -406,7 +406,7 @@ async fn run_server_app(args: Args) -> anyhow::Result<()> {
         backpressure: args.backpressure.map_or(defaults.backpressure, Into::into),
         resume_ttl: args
             .resume_ttl
-            .map_or(defaults.resume_ttl, Duration::from_secs_f64),
+            .map_or(defaults.resume_ttl, Duration::from_secs),
         max_attachment_size: args
             .max_attachment_size
             .unwrap_or(defaults.max_attachment_size),
