@@ -168,17 +168,17 @@ pub(crate) async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         }));
     }
     let bar = progress(&args.common, args.common.json);
-    let start = std::sync::Mutex::new(0);
+    let start = std::cell::Cell::new(0);
     let count = measure(
         &args.common,
         &bar,
         || {
-            *start.lock().unwrap_or_else(|e| e.into_inner()) = delivered.load(Relaxed);
+            start.set(delivered.load(Relaxed));
             measuring.store(true, Relaxed);
         },
         || {
             measuring.store(false, Relaxed);
-            delivered.load(Relaxed) - *start.lock().unwrap_or_else(|e| e.into_inner())
+            delivered.load(Relaxed) - start.get()
         },
     )
     .await;

@@ -52,12 +52,12 @@ pub(crate) async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         }));
     }
     let bar = progress(&args.common, args.common.json);
-    let start = std::sync::Mutex::new(0);
+    let start = std::cell::Cell::new(0);
     let count = measure(
         &args.common,
         &bar,
-        || *start.lock().unwrap_or_else(|e| e.into_inner()) = done.load(Relaxed),
-        || done.load(Relaxed) - *start.lock().unwrap_or_else(|e| e.into_inner()),
+        || start.set(done.load(Relaxed)),
+        || done.load(Relaxed) - start.get(),
     )
     .await;
     stop.store(true, Relaxed);

@@ -180,12 +180,12 @@ pub(crate) async fn run(args: EchoArgs) -> anyhow::Result<()> {
         tasks.push(connection);
     }
     let bar = progress(&args.common, args.common.json);
-    let start = std::sync::Mutex::new(0);
+    let start = std::cell::Cell::new(0);
     let count = measure(
         &args.common,
         &bar,
-        || *start.lock().unwrap_or_else(|e| e.into_inner()) = received.load(Relaxed),
-        || received.load(Relaxed) - *start.lock().unwrap_or_else(|e| e.into_inner()),
+        || start.set(received.load(Relaxed)),
+        || received.load(Relaxed) - start.get(),
     )
     .await;
     stop.store(true, Relaxed);
