@@ -74,14 +74,14 @@ impl Drop for Redis {
 }
 
 fn node(redis: &Redis) -> Server {
-    serve(&[
-        "--app",
-        "chat",
-        "--cluster",
-        &redis.url(),
-        "--presence-ttl",
-        "1.5",
-    ])
+    node_with(redis, &[])
+}
+
+fn node_with(redis: &Redis, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec!["--app", "chat", "--cluster", &url, "--presence-ttl", "1.5"];
+    args.extend_from_slice(extra);
+    serve(&args)
 }
 
 async fn presence_count(addr: SocketAddr, room: &str) -> usize {
@@ -128,6 +128,49 @@ async fn rooms_span_processes_in_order_and_presence_counts_everyone() {
     assert_eq!(next_text(&mut carol).await, "bob: only x");
     within(dave.send(Message::text("in y"))).await.unwrap();
     assert_eq!(next_text(&mut dave).await, "dave: in y");
+}
+
+/// Messages from another process arrive in bursts, delivered as one write per member: two
+/// rooms' messages interleaved in one burst each reach every member of their own room, in
+/// the order sent, and nothing of the other room.
+#[tokio::test]
+async fn bursts_from_another_process_reach_each_rooms_members_in_order() {
+    const MESSAGES: usize = 300;
+    let redis = Redis::start();
+    // No member turns dormant during the test: a burst left unwritten would stay so, not
+    // go out with the connection's own timer.
+    let quiet = ["--dormant-after", "600", "--idle-timeout", "0"];
+    let (a, b) = (node_with(&redis, &quiet), node_with(&redis, &quiet));
+    let (mut alice, _) = join(a.addr, "x", "alice").await;
+    let (mut erin, _) = join(a.addr, "y", "erin").await;
+    let (mut bob, _) = join(b.addr, "x", "bob").await;
+    let (mut bea, _) = join(b.addr, "x", "bea").await;
+    let (mut dave, _) = join(b.addr, "y", "dave").await;
+    eventually("both rooms in presence", Duration::from_secs(5), || async {
+        presence_count(a.addr, "x").await == 3 && presence_count(a.addr, "y").await == 2
+    })
+    .await;
+    for i in 0..MESSAGES {
+        within(alice.send(Message::text(format!("x{i}"))))
+            .await
+            .unwrap();
+        within(erin.send(Message::text(format!("y{i}"))))
+            .await
+            .unwrap();
+    }
+    for (who, ws, sender, prefix) in [
+        ("bob", &mut bob, "alice", "x"),
+        ("bea", &mut bea, "alice", "x"),
+        ("dave", &mut dave, "erin", "y"),
+    ] {
+        for i in 0..MESSAGES {
+            assert_eq!(
+                next_text(ws).await,
+                format!("{sender}: {prefix}{i}"),
+                "{who}, message {i}"
+            );
+        }
+    }
 }
 
 /// `then_some_count(n)`: a future resolving to whether the count is `n`.

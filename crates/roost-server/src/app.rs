@@ -28,12 +28,12 @@ use tokio::{
 use crate::{
     Metrics, ServerConfig,
     accept::handle_tcp,
-    broker::{Cluster, Incoming},
+    broker::Cluster,
     handler::{DynHandler, DynHttpHandler, Handler, HttpHandler, not_found},
-    maintenance::{displace_moved, expire_attachments, sweep_sleepers},
+    maintenance::{expire_attachments, sweep_sleepers},
     plain_http::{Answers, serve_http},
     resume::{ResumeKey, UsedTokens},
-    room::{Room, Rooms},
+    room::Rooms,
     shared::{Shared, TaskGuard},
     sleepers::{self, Sleepers},
     store::{
@@ -244,26 +244,8 @@ impl App {
         tokio::spawn(sweep_sleepers(Arc::downgrade(&shared)));
         tokio::spawn(expire_attachments(Arc::downgrade(&shared)));
         sleepers::spawn_waker_thread(Arc::downgrade(&shared), sleeper_poll)?;
-        if let Some(mut incoming) = incoming {
-            // What the other processes say: messages for this one's members, and resumes
-            // that displaced a connection of this one.
-            let shared = Arc::downgrade(&shared);
-            tokio::spawn(async move {
-                while let Some(incoming) = incoming.recv().await {
-                    let Some(shared) = shared.upgrade() else {
-                        return;
-                    };
-                    match incoming {
-                        Incoming::Message { room, data } => {
-                            Room::new(room, shared).deliver_local(data);
-                        }
-                        Incoming::Resumed(id) => shared.displace(id),
-                        Incoming::Subscribed => {
-                            tokio::spawn(displace_moved(Arc::downgrade(&shared)));
-                        }
-                    }
-                }
-            });
+        if let Some(incoming) = incoming {
+            tokio::spawn(crate::broker::hear(Arc::downgrade(&shared), incoming));
         }
         let app = Arc::new(AppRoutes {
             router: self.router,

@@ -32,21 +32,22 @@ use std::{
     collections::HashSet,
     fmt,
     sync::{
-        Arc,
+        Arc, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
 
-use parking_lot::Mutex;
-
 use bytes::Bytes;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::mpsc;
 
 use crate::{
-    Data,
+    Data, Room,
+    maintenance::displace_moved,
+    shared::Shared,
     store::{ConnectionId, redis::mask_url},
 };
 
@@ -326,6 +327,48 @@ impl Cluster {
     pub(crate) async fn depart(&self) {
         let mut commands = self.commands.clone();
         let _: Result<(), _> = commands.del(node_key(&self.node)).await;
+    }
+}
+
+/// Most messages from other processes delivered as one burst: each member of a room gets
+/// one write for the whole burst, as for a burst from a local publisher.
+const MAX_BURST: usize = 256;
+
+/// Acts on what the other processes say, until the server is gone: messages for this one's
+/// members, and resumes that displaced a connection of this one.
+pub(crate) async fn hear(shared: Weak<Shared>, mut incoming: mpsc::UnboundedReceiver<Incoming>) {
+    let mut rooms: Vec<Room> = Vec::new();
+    while let Some(first) = incoming.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut next = Some(first);
+        let mut heard = 0;
+        while let Some(message) = next.take() {
+            match message {
+                Incoming::Message { room, data } => {
+                    let room = match rooms.iter().find(|known| known.key() == &*room) {
+                        Some(known) => known,
+                        None => {
+                            rooms.push(Room::new(room, shared.clone()));
+                            &rooms[rooms.len() - 1]
+                        }
+                    };
+                    room.deliver_local_deferred(data);
+                }
+                Incoming::Resumed(id) => shared.displace(id),
+                Incoming::Subscribed => {
+                    tokio::spawn(displace_moved(Arc::downgrade(&shared)));
+                }
+            }
+            heard += 1;
+            if heard < MAX_BURST {
+                next = incoming.try_recv().ok();
+            }
+        }
+        for room in rooms.drain(..) {
+            room.flush_deferred();
+        }
     }
 }
 

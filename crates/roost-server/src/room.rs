@@ -118,6 +118,17 @@ pub struct BroadcastReport {
     pub remote: Option<RemoteDelivery>,
 }
 
+/// How [`Room::broadcast_filtered`] delivers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// To the local members now (or at the end of the origin's batch), and to the other
+    /// processes of a cluster.
+    AndForward,
+    /// A message from another process: to the local members only, written at
+    /// [`Room::flush_deferred`].
+    Deferred,
+}
+
 /// A room: a key and the connections that share it.
 #[derive(Clone)]
 pub struct Room {
@@ -188,12 +199,12 @@ impl Room {
     /// write per member for the whole batch): a handler that must know a broadcast left
     /// before it waits on something else should return first.
     pub fn broadcast(&self, data: impl Into<Data>) -> BroadcastReport {
-        self.broadcast_filtered(data.into(), None, true)
+        self.broadcast_filtered(data.into(), None, Delivery::AndForward)
     }
 
     /// Sends `data` to every member except `except`.
     pub fn broadcast_except(&self, except: &Ws, data: impl Into<Data>) -> BroadcastReport {
-        self.broadcast_filtered(data.into(), Some(except), true)
+        self.broadcast_filtered(data.into(), Some(except), Delivery::AndForward)
     }
 
     /// The room's members on every process of the cluster (the local ones alone without a
@@ -205,16 +216,24 @@ impl Room {
         }
     }
 
-    /// Delivers a message from another process to the local members only.
-    pub(crate) fn deliver_local(&self, data: Data) -> BroadcastReport {
-        self.broadcast_filtered(data, None, false)
+    /// Delivers a message from another process to the local members only. The writes wait
+    /// for [`Room::flush_deferred`]: a burst of messages leaves as one write per member.
+    pub(crate) fn deliver_local_deferred(&self, data: Data) -> BroadcastReport {
+        self.broadcast_filtered(data, None, Delivery::Deferred)
+    }
+
+    /// Writes what [`Room::deliver_local_deferred`] left for the members.
+    pub(crate) fn flush_deferred(&self) {
+        for member in self.shared.rooms.members(&self.key) {
+            member.flush_deferred();
+        }
     }
 
     fn broadcast_filtered(
         &self,
         data: Data,
         except: Option<&Ws>,
-        forward: bool,
+        delivery: Delivery,
     ) -> BroadcastReport {
         let members = self.shared.rooms.members(&self.key);
         let (opcode, payload) = match &data {
@@ -248,6 +267,7 @@ impl Room {
             let outcome = match &batch {
                 // The origin's own writes are batched already.
                 Some(origin) if !Arc::ptr_eq(origin, member) => member.push_deferred(frame),
+                None if delivery == Delivery::Deferred => member.push_deferred(frame),
                 _ => member.push(frame, false),
             };
             match outcome {
@@ -257,7 +277,9 @@ impl Room {
                 SendOutcome::Closed => report.closed += 1,
             }
         }
-        if forward && let Some(cluster) = &self.shared.cluster {
+        if delivery == Delivery::AndForward
+            && let Some(cluster) = &self.shared.cluster
+        {
             report.remote = Some(cluster.forward(&self.key, &data));
         }
         let metrics = &self.shared.metrics;
