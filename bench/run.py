@@ -3,6 +3,7 @@
 docs/performance.md.
 
     python3 bench/run.py [--quick] [--runs N] [--only SCENARIO,...] [--stacks NAME,...]
+    python3 bench/run.py --only SCENARIO,... --merge   # measure some tables again
 
 Each server runs the bench app (echo on any path, /room/<name> to the other members), pinned
 to core 0 with taskset; the load generator (`roost bench`, the same for every stack) is
@@ -564,7 +565,18 @@ def render_targets(results: dict[str, dict[str, Result]]) -> list[str]:
     return out + [""]
 
 
-def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
+def apart_note(apart: dict[str, float], scenario: str) -> list[str]:
+    """A line saying when a table merged in later (`--merge`) was measured, if it was."""
+    if scenario not in apart:
+        return []
+    when = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(apart[scenario]))
+    return [f"Measured on its own on {when} (`--merge`), after the rest of this file; its "
+            "rows were measured together, so their ratios hold.", ""]
+
+
+def render(results: dict[str, dict[str, Result]], args, started: float,
+           apart: dict[str, float] | None = None) -> str:
+    apart = apart or {}
     out = ["# Performance", "",
            "Measured by `python3 bench/run.py` (this file is its output; do not edit by hand).",
            f"Machine: {machine()}. Server pinned to core 0, load generator (`roost bench`) to "
@@ -586,7 +598,7 @@ def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
         client = scenario.name == "client"
         load = "client CPU" if client else "load CPU"
         cpu_columns = f" server CPU | {load} |" if scenario.timed else ""
-        out += [f"## {scenario.title}", "",
+        out += [f"## {scenario.title}", "", *apart_note(apart, scenario.name),
                 f"`roost bench {' '.join(scenario.args)}`", "",
                 f"| {'client' if client else 'stack'} | {scenario.unit} | ratio to the best |"
                 f"{cpu_columns} runs |",
@@ -610,7 +622,8 @@ def render(results: dict[str, dict[str, Result]], args, started: float) -> str:
             out.append(f"| {stack} | {result.median:,.1f} | {ratio:.2f} |{cpu} {runs} |")
         out += ["", chart(scenario, rows), ""]
     if "cluster" in results:
-        out += render_cluster(results["cluster"])
+        cluster = render_cluster(results["cluster"])
+        out += cluster[:2] + apart_note(apart, "cluster") + cluster[2:]
     idle = results.get("idle", {}).get("roost")
     if idle is not None and idle.median is not None:
         out += render_projection(idle.median)
@@ -630,18 +643,19 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument("--render-only", type=Path, metavar="JSON",
                         help="re-render the document from a saved performance.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: put the scenarios run into the saved performance.json "
+                             "next to --out and re-render; the other tables stay as they were, "
+                             "and the merged ones say when they were measured")
     args = parser.parse_args()
+    if args.merge and not args.only:
+        parser.error("--merge needs --only: the scenarios to measure again")
     if args.quick:
         args.runs, args.duration, args.warmup = 1, 2, 1
     if args.render_only:
-        saved = json.loads(args.render_only.read_text())
+        saved, results = load_saved(args.render_only)
         args.runs, args.duration, args.warmup = saved["runs"], saved["duration"], saved["warmup"]
-        results = {scenario: {stack: Result(r["values"], r.get("latencies", []), r["error"],
-                                            r.get("cpu", []), r.get("server_cpu", []))
-                              for stack, r in rows.items()} for scenario, rows in saved["results"].items()}
-        if saved.get("micro"):
-            results["micro"] = saved["micro"]
-        args.out.write_text(render(results, args, saved["started"]))
+        args.out.write_text(render(results, args, saved["started"], saved.get("apart")))
         print(f"wrote {args.out}")
         return 0
     if not ROOST.exists():
@@ -690,18 +704,42 @@ def main() -> int:
         for label, result in results["cluster"].items():
             shown = f"{result.median:,.1f}" if result.median is not None else result.error
             print(f"   cluster {label:>30}: {shown}", flush=True)
+    saved_path = args.out.parent / "performance.json"
+    apart: dict[str, float] = {}
+    if args.merge:
+        saved, merged = load_saved(saved_path)
+        if (saved["runs"], saved["duration"], saved["warmup"]) != (args.runs, args.duration, args.warmup):
+            print(f"--merge: {saved_path} was measured with --runs {saved['runs']} --duration "
+                  f"{saved['duration']} --warmup {saved['warmup']}: use the same", file=sys.stderr)
+            return 1
+        apart = saved.get("apart", {})
+        for scenario in results:
+            apart[scenario] = started
+        merged.update(results)
+        results, started = merged, saved["started"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(results, args, started))
-    (args.out.parent / "performance.json").write_text(json.dumps(
+    args.out.write_text(render(results, args, started, apart))
+    saved_path.write_text(json.dumps(
         {"started": started, "runs": args.runs, "duration": args.duration, "warmup": args.warmup,
          "results": {scenario: {stack: {"values": r.values, "latencies": r.latencies, "error": r.error,
                                        "cpu": r.cpu, "server_cpu": r.server_cpu}
                                 for stack, r in rows.items()}
                      for scenario, rows in results.items() if scenario != "micro"},
-         "micro": results.get("micro")},
+         "micro": results.get("micro"), "apart": apart},
         indent=1))
     print(f"wrote {args.out}")
     return 0
+
+
+def load_saved(path: Path) -> tuple[dict, dict]:
+    """A saved performance.json, and its results as `Result`s (with the micro suite's rows)."""
+    saved = json.loads(path.read_text())
+    results = {scenario: {stack: Result(r["values"], r.get("latencies", []), r["error"],
+                                        r.get("cpu", []), r.get("server_cpu", []))
+                          for stack, r in rows.items()} for scenario, rows in saved["results"].items()}
+    if saved.get("micro"):
+        results["micro"] = saved["micro"]
+    return saved, results
 
 
 if __name__ == "__main__":
