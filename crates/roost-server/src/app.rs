@@ -17,9 +17,8 @@ use std::{
     time::Instant,
 };
 
-use parking_lot::Mutex;
-
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::{
     net::TcpListener,
     sync::{Notify, watch},

@@ -24,7 +24,6 @@
 //! truncated to its first 16 bytes (128 bits, as RFC 2104 §5 allows; forging one still takes
 //! about 2^128 tries).
 
-use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::fs::{self, File};
@@ -35,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
 use sha2::Sha256;
 use thiserror::Error;
 

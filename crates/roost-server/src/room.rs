@@ -23,9 +23,8 @@ use std::{
     sync::{Arc, Weak, atomic::Ordering::Relaxed},
 };
 
-use parking_lot::RwLock;
-
 use bytes::{Bytes, BytesMut};
+use parking_lot::RwLock;
 use roost::{
     OpCode,
     proto::{DeflateParams, deflate::DeflateCodec, frame::encode_frame},

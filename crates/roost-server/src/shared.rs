@@ -9,9 +9,8 @@ use std::{
     },
 };
 
-use parking_lot::Mutex;
-
 use bytes::Bytes;
+use parking_lot::Mutex;
 use roost::proto::AutoResponse;
 use tokio::sync::{Notify, watch};
 

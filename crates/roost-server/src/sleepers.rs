@@ -15,10 +15,9 @@ use std::{
     },
 };
 
-use parking_lot::{Mutex, MutexGuard};
-
 use bytes::Bytes;
 use mio::{Events, Interest, Poll, Token, unix::SourceFd};
+use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
 
 use crate::{peer::Sleeper, shared::Shared};

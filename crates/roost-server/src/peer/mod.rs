@@ -38,10 +38,9 @@ use std::{
     time::Instant,
 };
 
-use parking_lot::{Mutex, MutexGuard};
-
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
+use parking_lot::{Mutex, MutexGuard};
 use roost::{
     CloseCode, CloseFrame,
     proto::{AutoResponse, Connection, IdleConnection, UsageError},

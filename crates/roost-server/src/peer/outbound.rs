@@ -9,9 +9,8 @@ use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
 };
 
-use parking_lot::MutexGuard;
-
 use bytes::Bytes;
+use parking_lot::MutexGuard;
 use roost::CloseCode;
 use tokio::net::TcpStream;
 

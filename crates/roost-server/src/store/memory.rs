@@ -1,9 +1,10 @@
 //! [`MemoryStore`]: attachments in a map, gone when the process ends.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::SystemTime;
+
+use parking_lot::Mutex;
 
 use super::{AttachmentStore, ConnectionId, StoreError, StoredAttachment};
 

@@ -57,11 +57,11 @@
 //!
 //! Error messages show the URL with any password masked.
 
-use parking_lot::{Condvar, Mutex};
 use std::collections::HashSet;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::{Condvar, Mutex};
 use redis::{Client, Connection, RedisError, RedisResult, Script};
 
 use super::{AttachmentStore, ConnectionId, StoreError, StoredAttachment};
