@@ -628,7 +628,8 @@ def render(results: dict[str, dict[str, Result]], args, started: float,
     if idle is not None and idle.median is not None:
         out += render_projection(idle.median)
     if "micro" in results:
-        out += render_micro(results["micro"])
+        micro = render_micro(results["micro"])
+        out += micro[:2] + apart_note(apart, "micro") + micro[2:]
     return "\n".join(out) + "\n"
 
 
@@ -650,6 +651,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.merge and not args.only:
         parser.error("--merge needs --only: the scenarios to measure again")
+    if args.merge and args.stacks:
+        parser.error("--merge measures every stack of a table again (its rows are compared "
+                     "with each other): drop --stacks")
     if args.quick:
         args.runs, args.duration, args.warmup = 1, 2, 1
     if args.render_only:
@@ -661,6 +665,14 @@ def main() -> int:
     if not ROOST.exists():
         print(f"missing {ROOST}: cargo build --release -p roost-cli", file=sys.stderr)
         return 1
+    saved_path = args.out.parent / "performance.json"
+    if args.merge:
+        # Checked before measuring: a run that cannot be merged is not wasted.
+        saved, merged = load_saved(saved_path)
+        if (saved["runs"], saved["duration"], saved["warmup"]) != (args.runs, args.duration, args.warmup):
+            print(f"--merge: {saved_path} was measured with --runs {saved['runs']} --duration "
+                  f"{saved['duration']} --warmup {saved['warmup']}: use the same", file=sys.stderr)
+            return 1
     only = set(args.only.split(",")) if args.only else None
     stacks = args.stacks.split(",") if args.stacks else list(STACKS)
     started = time.time()
@@ -704,14 +716,8 @@ def main() -> int:
         for label, result in results["cluster"].items():
             shown = f"{result.median:,.1f}" if result.median is not None else result.error
             print(f"   cluster {label:>30}: {shown}", flush=True)
-    saved_path = args.out.parent / "performance.json"
     apart: dict[str, float] = {}
     if args.merge:
-        saved, merged = load_saved(saved_path)
-        if (saved["runs"], saved["duration"], saved["warmup"]) != (args.runs, args.duration, args.warmup):
-            print(f"--merge: {saved_path} was measured with --runs {saved['runs']} --duration "
-                  f"{saved['duration']} --warmup {saved['warmup']}: use the same", file=sys.stderr)
-            return 1
         apart = saved.get("apart", {})
         for scenario in results:
             apart[scenario] = started

@@ -369,6 +369,12 @@ pub(crate) async fn hear(shared: Weak<Shared>, mut incoming: mpsc::UnboundedRece
         for room in rooms.drain(..) {
             room.flush_deferred();
         }
+        drop(shared);
+        if heard == MAX_BURST {
+            // More may be waiting: `try_recv` does not count against the task's budget, so
+            // the connections' tasks get their turn here.
+            tokio::task::yield_now().await;
+        }
     }
 }
 
