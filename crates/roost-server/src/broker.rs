@@ -9,7 +9,8 @@
 //!   connection; Redis keeps one connection's order, so one publisher's messages arrive in
 //!   the order sent. A node subscribes to a room's channel only while the room has local
 //!   members, skips the messages it published itself, and delivers the others to its local
-//!   members, encoding each frame once.
+//!   members, encoding each frame once and writing what arrived together as one write per
+//!   member ([`hear`]).
 //! - **Presence.** Each connection is a field of the hash `roost:presence:<room>` naming its
 //!   node, and each node refreshes `roost:node:<node>` with a time to live. A node that dies
 //!   stops refreshing; once its key expires its members no longer count, so they disappear
