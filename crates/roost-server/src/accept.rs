@@ -244,7 +244,7 @@ async fn resume(
     token: &str,
     id: ConnectionId,
 ) -> Result<(ConnectionId, Bytes), Rejected> {
-    let old = check_resume(shared, token).map_err(|why| refusal(StatusCode::UNAUTHORIZED, &why))?;
+    let old = check_resume(shared, token)?;
     match shared.adopt(old, id).await {
         Ok(Some(attachment)) => Ok((old, attachment)),
         Ok(None) => {
@@ -268,17 +268,27 @@ async fn resume(
     }
 }
 
-fn check_resume(shared: &Shared, token: &str) -> Result<ConnectionId, String> {
+/// Spends `token` if this server signed it, it has not expired and it was not used: 401
+/// otherwise, saying which.
+fn check_resume(shared: &Shared, token: &str) -> Result<ConnectionId, Rejected> {
     let now = SystemTime::now();
     let claims = shared
         .resume_key
         .verify_claims(token, now)
-        .map_err(|error| format!("resume refused: {error}"))?;
+        .map_err(|error| {
+            refusal(
+                StatusCode::UNAUTHORIZED,
+                &format!("resume refused: {error}"),
+            )
+        })?;
     if !shared
         .used_tokens
         .consume(claims.id, claims.expires_at, now)
     {
-        return Err("resume refused: the token was already used".to_owned());
+        return Err(refusal(
+            StatusCode::UNAUTHORIZED,
+            "resume refused: the token was already used",
+        ));
     }
     Ok(claims.id)
 }

@@ -100,6 +100,13 @@ impl Rooms {
     pub(crate) fn count(&self) -> usize {
         self.rooms.read().len()
     }
+
+    /// Writes what deferred broadcasts left for the members of room `key`.
+    pub(crate) fn flush_deferred(&self, key: &str) {
+        for member in self.members(key) {
+            member.flush_deferred();
+        }
+    }
 }
 
 /// What a broadcast did, member by member.
@@ -223,9 +230,7 @@ impl Room {
 
     /// Writes what [`Room::deliver_local_deferred`] left for the members.
     pub(crate) fn flush_deferred(&self) {
-        for member in self.shared.rooms.members(&self.key) {
-            member.flush_deferred();
-        }
+        self.shared.rooms.flush_deferred(&self.key);
     }
 
     fn broadcast_filtered(

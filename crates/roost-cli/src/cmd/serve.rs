@@ -134,6 +134,11 @@ fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Res
 }
 
 impl Args {
+    /// How long a graceful shutdown waits for the close handshakes.
+    fn shutdown(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_timeout)
+    }
+
     /// The idle timeout, `None` when disabled.
     fn idle(&self) -> Option<Duration> {
         (self.idle_timeout > 0.0).then(|| Duration::from_secs_f64(self.idle_timeout))
@@ -208,7 +213,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let listener = socket.listen(4096)?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!(app = ?args.app, "listening on {scheme}://{}", listener.local_addr()?);
-    let shutdown_timeout = Duration::from_secs_f64(args.shutdown_timeout);
+    let shutdown_timeout = args.shutdown();
     let config = Arc::new(config);
     let idle = args.idle();
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -410,7 +415,7 @@ async fn run_server_app(args: Args) -> anyhow::Result<()> {
         max_attachment_size: args
             .max_attachment_size
             .unwrap_or(defaults.max_attachment_size),
-        shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
+        shutdown_timeout: args.shutdown(),
         ..defaults
     };
     if args.cluster.is_some() && args.durable.is_some() {

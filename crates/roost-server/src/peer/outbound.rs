@@ -305,9 +305,7 @@ impl Peer {
     /// Ends a batch's deferred broadcasts: writes each member's share.
     pub(super) fn flush_deferred_broadcasts(&self) {
         if self.deferred.swap(false, Relaxed) {
-            for member in self.shared.rooms.members(&self.room) {
-                member.flush_deferred();
-            }
+            self.shared.rooms.flush_deferred(&self.room);
         }
     }
 

@@ -505,9 +505,8 @@ fn compressed_text_split_anywhere_arrives_whole() {
     }
 }
 
-/// `payload` compressed by a fresh client codec, cut into `frames` masked raw frames: a text
-/// frame with RSV1, continuations, the last with FIN.
-fn compressed_text_frames(payload: &[u8], frames: usize) -> Vec<Vec<u8>> {
+/// `payload` compressed by a fresh client codec: a message's data as it goes out with RSV1.
+fn client_compressed(payload: &[u8]) -> Vec<u8> {
     let mut codec = crate::deflate::DeflateCodec::new(
         false,
         DeflateParams::default(),
@@ -515,6 +514,13 @@ fn compressed_text_frames(payload: &[u8], frames: usize) -> Vec<Vec<u8>> {
     );
     let mut compressed = Vec::new();
     codec.compress(payload, &mut compressed);
+    compressed
+}
+
+/// `payload` compressed by a fresh client codec, cut into `frames` masked raw frames: a text
+/// frame with RSV1, continuations, the last with FIN.
+fn compressed_text_frames(payload: &[u8], frames: usize) -> Vec<Vec<u8>> {
+    let compressed = client_compressed(payload);
     let piece = compressed.len().div_ceil(frames);
     let pieces: Vec<&[u8]> = compressed.chunks(piece).collect();
     assert_eq!(
@@ -869,14 +875,7 @@ fn compressed_frame() -> impl Strategy<Value = Vec<u8>> {
         1..200usize,
     )
         .prop_map(|(first, payload, times)| {
-            let mut codec = crate::deflate::DeflateCodec::new(
-                false,
-                DeflateParams::default(),
-                &crate::DeflateConfig::default(),
-            );
-            let mut compressed = Vec::new();
-            codec.compress(&payload.repeat(times), &mut compressed);
-            raw_frame(first, &compressed, KEY)
+            raw_frame(first, &client_compressed(&payload.repeat(times)), KEY)
         })
 }
 
