@@ -224,3 +224,29 @@ fn echo_refuses_the_app_servers_settings() {
         );
     }
 }
+
+/// A setting out of its range is refused at the command line, naming the flag and the range,
+/// before anything is bound.
+#[test]
+fn serve_refuses_settings_out_of_range() {
+    for (flag, value) in [
+        ("--idle-timeout", "31536001"),
+        ("--ping-interval", "-1"),
+        ("--shutdown-timeout", "never"),
+        ("--resume-ttl", "0"),
+        ("--resume-ttl", "31536001"),
+        ("--max-outbound", "0"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_roost"))
+            .args(["serve", "--app", "chat", "--listen", "127.0.0.1:0"])
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flag} {value} was accepted");
+        assert!(
+            stderr.contains(flag) && stderr.contains("expected"),
+            "{flag} {value}: {stderr}"
+        );
+    }
+}

@@ -168,7 +168,7 @@ impl App {
     }
 
     /// Opens the durable directory (if configured) and binds the listener, with a backlog
-    /// of 4096.
+    /// of 4096. Fails like [`App::serve_on`] on unusable settings.
     pub async fn bind(self, addr: SocketAddr) -> io::Result<Server> {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
@@ -182,7 +182,16 @@ impl App {
 
     /// Uses a listener the caller bound. With a cluster configured, joins it first; with an
     /// admin address, binds it.
+    ///
+    /// Fails with [`io::ErrorKind::InvalidInput`] if the settings are unusable
+    /// ([`ServerConfig::validate`]).
     pub async fn serve_on(self, listener: TcpListener) -> io::Result<Server> {
+        self.config.validate().map_err(|error| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid ServerConfig: {error}"),
+            )
+        })?;
         let admin = match self.config.admin_addr {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|error| {
                 io::Error::new(

@@ -2,7 +2,10 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use roost::{CloseCode, Config};
+use roost::{
+    CloseCode, Config,
+    proto::{ConfigError, MAX_TIMEOUT},
+};
 
 /// What to do with a message for a connection whose outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +81,53 @@ pub struct ServerConfig {
     pub admin_addr: Option<std::net::SocketAddr>,
 }
 
+impl ServerConfig {
+    /// Checks the values [`App::serve_on`](crate::App::serve_on) refuses to run with:
+    /// `max_connections` and `max_outbound` of 0 (no connection could ever be accepted, or
+    /// every send would meet the backpressure policy), a `resume_ttl` under a second (tokens
+    /// carry whole seconds, so each would be born expired), and a duration over a year
+    /// ([`MAX_TIMEOUT`]; a year is "never" in practice, and a deadline further ahead may
+    /// not be a time the clock can hold). The protocol limits were checked when
+    /// [`Config`] was built.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("max_connections", self.max_connections),
+            ("max_outbound", self.max_outbound),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::InvalidLimit {
+                    name,
+                    value: 0,
+                    why: "must be at least 1",
+                });
+            }
+        }
+        if self.resume_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::InvalidLimit {
+                name: "resume_ttl",
+                value: self.resume_ttl.as_millis() as u64,
+                why: "milliseconds: must be at least a second (tokens expire on a whole second)",
+            });
+        }
+        for (name, value) in [
+            ("dormant_after", self.dormant_after),
+            ("ping_interval", self.ping_interval),
+            ("idle_timeout", self.idle_timeout),
+            ("resume_ttl", self.resume_ttl),
+            ("shutdown_timeout", self.shutdown_timeout),
+        ] {
+            if value > MAX_TIMEOUT {
+                return Err(ConfigError::InvalidLimit {
+                    name,
+                    value: value.as_secs(),
+                    why: "seconds: must be at most a year (use a year to mean never)",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         let deflate = roost::DeflateConfig {
@@ -105,5 +155,55 @@ impl Default for ServerConfig {
             cluster: None,
             admin_addr: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(ServerConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_unusable_value_is_refused_by_name() {
+        type Spoil = fn(&mut ServerConfig);
+        let cases: [(&str, Spoil); 8] = [
+            ("max_connections", |c| c.max_connections = 0),
+            ("max_outbound", |c| c.max_outbound = 0),
+            ("resume_ttl", |c| c.resume_ttl = Duration::from_millis(999)),
+            ("resume_ttl", |c| c.resume_ttl = MAX_TIMEOUT * 2),
+            ("dormant_after", |c| c.dormant_after = Duration::MAX),
+            ("ping_interval", |c| {
+                c.ping_interval = MAX_TIMEOUT + Duration::from_secs(1)
+            }),
+            ("idle_timeout", |c| c.idle_timeout = Duration::MAX),
+            ("shutdown_timeout", |c| c.shutdown_timeout = Duration::MAX),
+        ];
+        for (field, spoil) in cases {
+            let mut config = ServerConfig::default();
+            spoil(&mut config);
+            match config.validate() {
+                Err(ConfigError::InvalidLimit { name, .. }) => assert_eq!(name, field),
+                other => panic!("{field}: expected a refusal, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_edges_are_allowed() {
+        let config = ServerConfig {
+            max_connections: 1,
+            max_outbound: 1,
+            resume_ttl: Duration::from_secs(1),
+            idle_timeout: MAX_TIMEOUT,
+            ping_interval: MAX_TIMEOUT,
+            dormant_after: Duration::ZERO,
+            shutdown_timeout: Duration::ZERO,
+            ..ServerConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
     }
 }

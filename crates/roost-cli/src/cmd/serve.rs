@@ -80,7 +80,7 @@ pub(crate) struct Args {
     /// Whole seconds a resume token stays valid after its connection's last attachment
     /// write (chat, bench); tokens expire on a whole second, so up to one second sooner.
     /// Stored attachments no token can reach any more are removed. Default 86400 (a day).
-    #[arg(long, value_name = "SECONDS", value_parser = at_least_one::<u64>)]
+    #[arg(long, value_name = "SECONDS", value_parser = whole_seconds)]
     resume_ttl: Option<u64>,
     /// Largest attachment a connection may store, in bytes (chat, bench). Default 64 KiB.
     #[arg(long, value_name = "BYTES")]
@@ -121,6 +121,17 @@ fn seconds(text: &str) -> Result<f64, String> {
         Ok(seconds) if (0.0..=YEAR).contains(&seconds) => Ok(seconds),
         _ => Err(format!(
             "expected a number of seconds from 0 to {YEAR} (a year)"
+        )),
+    }
+}
+
+/// A whole number of seconds from 1 to a year, for `--resume-ttl`.
+fn whole_seconds(text: &str) -> Result<u64, String> {
+    const YEAR: u64 = 86_400 * 365;
+    match text.parse::<u64>() {
+        Ok(seconds) if (1..=YEAR).contains(&seconds) => Ok(seconds),
+        _ => Err(format!(
+            "expected a whole number of seconds from 1 to {YEAR} (a year)"
         )),
     }
 }

@@ -21,6 +21,21 @@ fn status_of(error: &Error) -> String {
 }
 
 #[tokio::test]
+async fn unusable_settings_are_refused_before_serving_with_the_fields_name() {
+    let config = ServerConfig {
+        max_outbound: 0,
+        ..ServerConfig::default()
+    };
+    let app = App::new().ws("/e", Echo).unwrap().config(config);
+    let error = match within(app.bind("127.0.0.1:0".parse().unwrap())).await {
+        Ok(_) => panic!("a server with max_outbound 0 started"),
+        Err(error) => error,
+    };
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("max_outbound is 0"), "{error}");
+}
+
+#[tokio::test]
 async fn past_the_cap_the_handshake_gets_503_and_a_slot_frees_up() {
     let config = ServerConfig {
         max_connections: 2,
