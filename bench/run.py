@@ -2,8 +2,9 @@
 """Run every stack in bench/peers and roost under the same load, side by side, and write
 docs/performance.md.
 
-    python3 bench/run.py [--quick] [--runs N] [--only SCENARIO,...] [--stacks NAME,...]
+    python3 bench/run.py [--runs N]                    # every table, into docs/performance.md
     python3 bench/run.py --only SCENARIO,... --merge   # measure some tables again
+    python3 bench/run.py [--quick] [--only SCENARIO,...] [--stacks NAME,...] --out FILE  # a trial
 
 Each server runs the bench app (echo on any path, /room/<name> to the other members), pinned
 to core 0 with taskset; the load generator (`roost bench`, the same for every stack) is
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "performance.md"
 PEERS = ROOT / "bench" / "peers"
 ROOST = ROOT / "target" / "release" / "roost"
 RUST_PEERS = PEERS / "rust" / "target" / "release"
@@ -641,7 +643,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 run of 2 s per case")
     parser.add_argument("--only", help="comma-separated scenarios")
     parser.add_argument("--stacks", help="comma-separated stacks")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument("--out", type=Path, default=DOC,
+                        help="the document to write (default docs/performance.md; a trial run "
+                             "with --only, --stacks or --quick must name another, or --merge)")
     parser.add_argument("--render-only", type=Path, metavar="JSON",
                         help="re-render the document from a saved performance.json")
     parser.add_argument("--merge", action="store_true",
@@ -654,6 +658,15 @@ def main() -> int:
     if args.merge and args.stacks:
         parser.error("--merge measures every stack of a table again (its rows are compared "
                      "with each other): drop --stacks")
+    if (args.only or args.stacks or args.quick) and not args.merge and args.out.resolve() == DOC:
+        parser.error(f"a run with --only, --stacks or --quick would replace {DOC.relative_to(ROOT)} "
+                     "with fewer or rougher figures: add --merge to measure some tables again "
+                     "into it, or --out FILE to write the trial elsewhere")
+    only = set(args.only.split(",")) if args.only else None
+    known = [scenario.name for scenario in SCENARIOS] + ["client", "micro", "cluster"]
+    if only and not only <= set(known):
+        parser.error(f"--only: no scenario {', '.join(sorted(only - set(known)))}; "
+                     f"the scenarios are {','.join(known)}")
     if args.quick:
         args.runs, args.duration, args.warmup = 1, 2, 1
     if args.render_only:
@@ -673,7 +686,6 @@ def main() -> int:
             print(f"--merge: {saved_path} was measured with --runs {saved['runs']} --duration "
                   f"{saved['duration']} --warmup {saved['warmup']}: use the same", file=sys.stderr)
             return 1
-    only = set(args.only.split(",")) if args.only else None
     stacks = args.stacks.split(",") if args.stacks else list(STACKS)
     started = time.time()
     results: dict[str, dict[str, Result]] = {}
