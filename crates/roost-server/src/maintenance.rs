@@ -20,21 +20,29 @@ use crate::{
 pub(crate) async fn displace_moved(shared: Weak<Shared>) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let Some(cluster) = &shared.cluster else {
-            return;
+        // The server is not held across the query: a Redis that hangs must not keep it alive.
+        let (cluster, ids) = {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let Some(cluster) = shared.cluster.clone() else {
+                return;
+            };
+            let ids: Vec<ConnectionId> = shared.peers.lock().keys().copied().collect();
+            (cluster, ids)
         };
         if !cluster.ready() {
             return;
         }
-        let ids: Vec<ConnectionId> = shared.peers.lock().keys().copied().collect();
         match cluster.moved_among(&ids).await {
-            Ok(moved) => return moved.into_iter().for_each(|id| shared.displace(id)),
+            Ok(moved) => {
+                if let Some(shared) = shared.upgrade() {
+                    moved.into_iter().for_each(|id| shared.displace(id));
+                }
+                return;
+            }
             Err(error) => tracing::warn!(%error, "could not look for resumed connections"),
         }
-        drop(shared);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
