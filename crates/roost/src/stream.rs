@@ -39,13 +39,19 @@ pub struct WebSocket<S> {
     wakers: Arc<WriteWakers>,
     write_waker: Waker,
     deadline: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
+    /// Once the connection is finished, how long what is still queued (a close frame, its
+    /// echo) may wait for a peer that does not read: the close timeout, from then.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The reader's waker from its last wait: a close started by the writer half wakes it,
     /// so that it arms the close timer.
     reader: Option<Waker>,
     /// Bytes were written that a buffering transport (TLS, a `BufWriter`) may still hold.
     unflushed: bool,
-    /// The transport was shut down after the connection finished.
+    /// The transport was shut down (or given up on) after the connection finished.
     shut_down: bool,
+    /// A write failed, or the output was given up on: what was queued is gone, so a flush
+    /// must not report success.
+    failed: bool,
 }
 
 impl<S> fmt::Debug for WebSocket<S> {
@@ -110,9 +116,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             write_waker: Waker::from(wakers.clone()),
             wakers,
             deadline: None,
+            linger: None,
             reader: None,
             unflushed: false,
             shut_down: false,
+            failed: false,
         }
     }
 
@@ -193,10 +201,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Starts the close handshake and flushes the close frame. Keep reading until `recv`
     /// returns `None` to receive the peer's reply.
+    ///
+    /// Once a close was sent, by this call or as the echo of the peer's close, closing again
+    /// only flushes. A peer that does not take the close frame within the close timeout (its
+    /// receive window stays full) is given up on: the output is dropped, the call returns,
+    /// and the stream ends with [`CloseStatus::clean`] false.
     pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
-        self.connection.close(frame, Instant::now())?;
+        match self.connection.close(frame, Instant::now()) {
+            Ok(()) | Err(UsageError::SendAfterClose) => {}
+            Err(error) => return Err(Error::Usage(error)),
+        }
         self.wake_reader();
-        self.flush().await
+        std::future::poll_fn(|cx| self.poll_close_flush(cx)).await
+    }
+
+    /// Writes the output out after a close, within the close deadline and then the linger.
+    fn poll_close_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        loop {
+            if let Poll::Ready(written) = self.poll_write_out(cx, Side::Writer) {
+                return Poll::Ready(written);
+            }
+            if self.connection.is_finished() {
+                return self.poll_linger(cx);
+            }
+            if !self.poll_deadline(cx) {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Waits out the linger of a finished connection whose output does not leave; then gives
+    /// the output up. `Ready` once given up.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let close_timeout = self.connection.config().limits().close_timeout;
+        let linger = self
+            .linger
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(close_timeout)));
+        ready!(linger.as_mut().poll(cx));
+        self.connection.transport_failed();
+        self.unflushed = false;
+        self.shut_down = true;
+        self.failed = true;
+        self.wake_both();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Wakes whichever half waits: a timer polled by one half keeps only that half's waker.
+    fn wake_both(&mut self) {
+        self.write_waker.wake_by_ref();
+        if let Some(reader) = self.reader.take() {
+            reader.wake();
+        }
     }
 
     /// Wakes the reader half once our close is on its way: it must watch the close deadline
@@ -227,6 +282,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         let written = ready!(self.poll_write_while_inner(cx, side, more));
         if let Err(error) = written {
             self.unflushed = false;
+            self.failed = true;
             self.connection.transport_failed();
             return Poll::Ready(Err(error));
         }
@@ -303,6 +359,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, input) {
                 Poll::Ready(Ok(0)) => self.connection.receive_eof(),
                 Poll::Ready(Ok(_)) => self.connection.receive_input(Instant::now()),
+                // The close handshake is over and the peer dropped the connection instead of
+                // closing it cleanly, as many TLS servers do (no close_notify): an end, not
+                // an error.
+                Poll::Ready(Err(error))
+                    if !self.connection.can_receive()
+                        && matches!(
+                            error.kind(),
+                            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                        ) =>
+                {
+                    self.connection.receive_eof();
+                }
                 Poll::Ready(Err(error)) => {
                     self.connection.receive_eof();
                     return Poll::Ready(Some(Err(Error::Io(error))));
@@ -321,23 +389,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
-    /// Flushes what is left and shuts the transport down, once.
+    /// Flushes what is left and shuts the transport down, once; a peer that does not read
+    /// gets the close timeout for it, then the output is given up.
     fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if self.shut_down {
             return Poll::Ready(Ok(()));
         }
-        let flushed = ready!(self.poll_write_out(cx, Side::Reader));
+        // A peer that already vanished makes the flush or the shutdown fail; the connection
+        // is over either way.
+        if self.poll_write_out(cx, Side::Reader).is_pending() {
+            return self.poll_linger(cx);
+        }
         // Through the waker both halves share: the writer half may wait on the socket too.
         self.wakers.register(Side::Reader, cx.waker());
         let mut proxy = Context::from_waker(&self.write_waker);
-        let shutdown = ready!(Pin::new(&mut self.io).poll_shutdown(&mut proxy));
+        if Pin::new(&mut self.io)
+            .poll_shutdown(&mut proxy)
+            .is_pending()
+        {
+            return self.poll_linger(cx);
+        }
         self.shut_down = true;
-        // A peer that already vanished makes these fail; the connection is over either way.
-        let _ = (flushed, shutdown);
         Poll::Ready(Ok(()))
     }
 
-    /// Arms the close timer; returns true if it fired.
+    /// Arms the close timer; returns true if it fired (and then wakes the other half).
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(deadline) = self.connection.next_deadline() else {
             self.deadline = None;
@@ -351,14 +427,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             }
         };
         if sleep.as_mut().poll(cx).is_ready() {
-            self.connection.on_deadline(Instant::now());
+            // The timer's clock is tokio's, which a test may pause and advance: the deadline
+            // has come, whatever the system clock says.
+            self.connection.on_deadline(deadline.max(Instant::now()));
+            self.wake_both();
             return true;
         }
         false
     }
 
     fn poll_ready_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if !self.connection.can_send() {
+        if !self.connection.can_send() || self.failed {
             return Poll::Ready(Err(Error::ConnectionClosed));
         }
         // Back-pressure: wait until the queued output drains below the limit.
@@ -383,6 +462,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // Output dropped after a failure (possibly by the other half) was never written.
+        if self.failed {
+            return Poll::Ready(Err(Error::ConnectionClosed));
+        }
         self.poll_write_out(cx, Side::Writer)
     }
 }
@@ -410,8 +493,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
         self.get_mut().poll_flush_inner(cx)
     }
 
-    /// Sends a close frame (1000) if none was sent yet and flushes it. The peer's reply is
-    /// read by the stream side.
+    /// Sends a close frame (1000) if none was sent yet and flushes it, giving up on a peer
+    /// that does not read as [`WebSocket::close`] does. The peer's reply is read by the
+    /// stream side.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let this = self.get_mut();
         if this.connection.can_send() {
@@ -419,6 +503,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
             this.connection.close(Some(frame), Instant::now())?;
             this.wake_reader();
         }
-        this.poll_flush_inner(cx)
+        this.poll_close_flush(cx)
     }
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod blocking;
+mod closing;
 mod handshake;
 mod stream;
 mod tls;
