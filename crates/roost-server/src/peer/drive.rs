@@ -63,7 +63,7 @@ async fn open_and_drive<H: Handler>(
         let _ = peer.with_core(|core| core.receive(&leftover, now));
     }
     peer.set_state(ConnState::Live);
-    let opened = call_handler(&peer, handler.on_open(&ws, &url)).await;
+    let opened = call_handler(&peer, || handler.on_open(&ws, &url)).await;
     // Both may be slices of the buffer the request was read into: it goes now, not when the
     // task ends. Kept that long, it would sit between the long-lived allocations of the
     // connections opened meanwhile and leave their pages half empty once it is freed.
@@ -147,12 +147,11 @@ enum Next {
 
 /// Runs a handler call with the connection marked live; an error or a panic closes the
 /// connection. Returns whether the connection may go on.
-async fn call_handler(
+async fn call_handler<F: std::future::Future<Output = Result<(), Disconnect>>>(
     peer: &Peer,
-    call: impl std::future::Future<Output = Result<(), Disconnect>>,
+    call: impl FnOnce() -> F,
 ) -> bool {
-    use futures_util::FutureExt as _;
-    let result = std::panic::AssertUnwindSafe(call).catch_unwind().await;
+    let result = contained(call).await;
     match result {
         Ok(Ok(())) => true,
         Ok(Err(disconnect)) => {
@@ -221,7 +220,7 @@ async fn drive<H: Handler>(
                 peer.set_state(ConnState::Live);
                 live = true;
             }
-            if !call_handler(peer, handler.on_message(ws, data, room)).await {
+            if !call_handler(peer, || handler.on_message(ws, data, room)).await {
                 break;
             }
         }
@@ -410,9 +409,18 @@ async fn finish<H: Handler>(peer: &Arc<Peer>, handler: &H, ws: &Ws, socket: Opti
 }
 
 async fn call_on_close<H: Handler>(handler: &H, ws: &Ws, code: CloseCode, reason: &str) -> bool {
-    use futures_util::FutureExt as _;
-    std::panic::AssertUnwindSafe(handler.on_close(ws, code, reason))
-        .catch_unwind()
+    contained(|| handler.on_close(ws, code, reason))
         .await
         .is_ok()
+}
+
+/// Runs a handler's call with its panics caught: those of the call itself (a handler may do
+/// work before it returns its future) as well as those of the future.
+async fn contained<F: std::future::Future>(
+    call: impl FnOnce() -> F,
+) -> std::thread::Result<F::Output> {
+    use futures_util::FutureExt as _;
+    std::panic::AssertUnwindSafe(async move { call().await })
+        .catch_unwind()
+        .await
 }

@@ -175,3 +175,60 @@ async fn an_attachment_over_the_cap_is_refused_with_a_clear_error() {
     within(ws.send(Message::text("ping?"))).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "pong!");
 }
+
+/// A handler that does work before it returns its future, and panics there.
+struct PanicsBeforeItsFuture(Arc<AtomicUsize>);
+
+impl Handler for PanicsBeforeItsFuture {
+    fn on_message(
+        &self,
+        ws: &Ws,
+        data: Data,
+        _room: &Room,
+    ) -> impl Future<Output = Result<(), Disconnect>> + Send {
+        let text = data
+            .as_text()
+            .expect("this handler takes text only")
+            .to_owned();
+        let ws = ws.clone();
+        async move {
+            ws.send(Data::from(text));
+            Ok(())
+        }
+    }
+
+    async fn on_close(&self, _ws: &Ws, _code: CloseCode, _reason: &str) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_panic_before_the_handlers_future_is_contained_too() {
+    let closed = Arc::new(AtomicUsize::new(0));
+    let app = App::new()
+        .ws("/p", PanicsBeforeItsFuture(closed.clone()))
+        .unwrap();
+    let (addr, handle) = start(app, ServerConfig::default()).await;
+    let mut bystander = connect(addr, "/p").await;
+    let mut victim = connect(addr, "/p").await;
+    within(victim.send(Message::binary(vec![1, 2, 3])))
+        .await
+        .unwrap();
+    let close = until_closed(&mut victim).await.unwrap();
+    assert_eq!(close.code, CloseCode::INTERNAL_ERROR);
+    eventually(
+        "on_close ran for the connection whose handler panicked",
+        || closed.load(SeqCst) == 1,
+    )
+    .await;
+    within(bystander.send(Message::text("still here")))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut bystander).await, "still here");
+    assert!(
+        handle
+            .metrics()
+            .render()
+            .contains("roost_handler_panics_total 1\n")
+    );
+}
