@@ -284,23 +284,30 @@ async fn drive<H: Handler>(
             timer.as_mut().reset(deadline.into());
             armed = Some(deadline);
         }
-        let woke = std::future::poll_fn(|cx| {
-            use std::task::Poll;
-            if peer.wake.poll(cx).is_ready() {
-                return Poll::Ready(Woke::Notified);
-            }
-            if queued && let Poll::Ready(ready) = socket.poll_write_ready(cx) {
-                return Poll::Ready(Woke::Writable(ready.is_ok()));
-            }
-            if let Poll::Ready(ready) = socket.poll_read_ready(cx) {
-                return Poll::Ready(Woke::Readable(ready.is_ok()));
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Woke::Timer);
-            }
-            Poll::Pending
-        })
-        .await;
+        let woke = if armed.is_some_and(|at| at <= now) {
+            // Due already: a socket that is always ready (a peer that floods us after our
+            // close) must not keep the close timeout, the idle timeout or the ping from
+            // their turn, and the timer is polled last.
+            Woke::Timer
+        } else {
+            std::future::poll_fn(|cx| {
+                use std::task::Poll;
+                if peer.wake.poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Notified);
+                }
+                if queued && let Poll::Ready(ready) = socket.poll_write_ready(cx) {
+                    return Poll::Ready(Woke::Writable(ready.is_ok()));
+                }
+                if let Poll::Ready(ready) = socket.poll_read_ready(cx) {
+                    return Poll::Ready(Woke::Readable(ready.is_ok()));
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Timer);
+                }
+                Poll::Pending
+            })
+            .await
+        };
         match woke {
             // What it was for (a shutdown, queued bytes, a kick) is seen at the loop's top.
             Woke::Notified => {}

@@ -232,3 +232,47 @@ async fn a_panic_before_the_handlers_future_is_contained_too() {
             .contains("roost_handler_panics_total 1\n")
     );
 }
+
+struct HangsUp;
+
+impl Handler for HangsUp {
+    async fn on_message(&self, _ws: &Ws, _data: Data, _room: &Room) -> Result<(), Disconnect> {
+        Err(Disconnect::new(4000, "go away"))
+    }
+}
+
+/// A peer that keeps the socket busy after our close, never answering it, is dropped at the
+/// close timeout all the same: a socket that is always readable does not hold the timer off.
+#[tokio::test]
+async fn a_peer_flooding_after_our_close_is_dropped_at_the_close_timeout() {
+    use std::io::{Read as _, Write as _};
+    let config = ServerConfig {
+        protocol: roost::Config::builder()
+            .close_timeout(std::time::Duration::from_millis(200))
+            .build()
+            .unwrap(),
+        ..ServerConfig::default()
+    };
+    let (addr, _handle) = start(App::new().ws("/h", HangsUp).unwrap(), config).await;
+    let flood = std::thread::spawn(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.write_all(&super::upgrade_request("/h")).unwrap();
+        let mut head = [0u8; 256];
+        let n = tcp.read(&mut head).unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 101"));
+        // Masked binary frames of 1 KiB (a zero key leaves the payload as it is).
+        let frame = [&[0x82, 0xfe, 0x04, 0x00, 0, 0, 0, 0][..], &[7; 1024]].concat();
+        let burst = frame.repeat(64);
+        let started = std::time::Instant::now();
+        while started.elapsed() < super::LIMIT / 2 {
+            if tcp.write_all(&burst).is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let dropped = within(tokio::task::spawn_blocking(move || flood.join().unwrap()))
+        .await
+        .unwrap();
+    assert!(dropped, "the server still read the flood after the close timeout");
+}
