@@ -269,10 +269,11 @@ impl Room {
                 .and_then(|bits| compressed.frame(bits))
                 .unwrap_or_else(|| plain.clone());
             let outcome = match &batch {
-                // The origin's own writes are batched already.
-                Some(origin) if !Arc::ptr_eq(origin, member) => member.push_deferred(frame),
+                // The origin's own writes are batched already; this one goes behind them.
+                Some(origin) if Arc::ptr_eq(origin, member) => member.push_own(frame),
+                Some(_) => member.push_deferred(frame),
                 None if delivery == Delivery::Deferred => member.push_deferred(frame),
-                _ => member.push(frame, false),
+                None => member.push(frame, false),
             };
             match outcome {
                 SendOutcome::Sent => report.sent += 1,

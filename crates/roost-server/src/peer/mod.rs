@@ -345,11 +345,7 @@ impl Peer {
             // Left in the core: the batch's end takes all of it at once.
             SendOutcome::Sent
         } else {
-            let mut output = core.take_output();
-            match (output.next(), output.len()) {
-                (Some(bytes), 0) => self.push(bytes, closing),
-                (first, _) => self.push_pieces(first.into_iter().chain(output), closing),
-            }
+            self.queue_core_output(&mut core, closing)
         };
         drop(core);
         if closing && self.is_asleep() {
@@ -357,6 +353,30 @@ impl Peer {
             self.notify();
         }
         (result, outcome)
+    }
+
+    /// Hands what the core has to send to the outbound queue (the core's lock is held, as
+    /// the lock order wants: core, then queue).
+    fn queue_core_output(&self, core: &mut Connection, closing: bool) -> SendOutcome {
+        let mut output = core.take_output();
+        match (output.next(), output.len()) {
+            (Some(bytes), 0) => self.push(bytes, closing),
+            (first, _) => self.push_pieces(first.into_iter().chain(output), closing),
+        }
+    }
+
+    /// Queues a broadcast frame its own connection made in the middle of its batch, behind
+    /// what the batch sent before it and still left in the core: the peer receives its
+    /// messages in the order they were sent.
+    pub(crate) fn push_own(&self, frame: Bytes) -> SendOutcome {
+        let mut core = self.core();
+        if core.pending_output_len() > 0 {
+            let closing = !core.can_send();
+            let _ = self.queue_core_output(&mut core, closing);
+        }
+        let outcome = self.push(frame, false);
+        drop(core);
+        outcome
     }
 
     /// Whether the caller is the connection's own task, in the middle of a batch.

@@ -274,5 +274,8 @@ async fn a_peer_flooding_after_our_close_is_dropped_at_the_close_timeout() {
     let dropped = within(tokio::task::spawn_blocking(move || flood.join().unwrap()))
         .await
         .unwrap();
-    assert!(dropped, "the server still read the flood after the close timeout");
+    assert!(
+        dropped,
+        "the server still read the flood after the close timeout"
+    );
 }

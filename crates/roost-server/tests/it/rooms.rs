@@ -11,7 +11,8 @@ use tokio::io::AsyncWriteExt;
 use super::{connect, eventually, next_text, sleeping_reader, start, until_closed, within};
 
 /// `who` answers the room's size; `flood N` broadcasts N messages of 64 KiB and answers the
-/// totals; anything else is broadcast as is.
+/// totals; `reply then broadcast X` answers and then broadcasts; anything else is broadcast
+/// as is.
 struct Broadcaster;
 
 impl Handler for Broadcaster {
@@ -36,6 +37,9 @@ impl Handler for Broadcaster {
                 "sent {} queued {} dropped {} closed {} ms {took}",
                 total.sent, total.queued, total.dropped, total.closed
             ));
+        } else if let Some(rest) = text.strip_prefix("reply then broadcast ") {
+            ws.send_text(format!("reply {rest}"));
+            room.broadcast(format!("broadcast {rest}"));
         } else {
             room.broadcast(data);
         }
@@ -367,4 +371,29 @@ async fn a_flood_of_auto_responses_to_a_reader_that_never_reads_closes_only_it()
     within(fresh.send(Message::text("who"))).await.unwrap();
     assert!(next_text(&mut fresh).await.ends_with("in /room"));
     writer.abort();
+}
+
+/// A connection's reply and the broadcast it makes next reach it in that order, even when both
+/// are held for the end of its batch.
+#[tokio::test]
+async fn a_reply_and_then_a_broadcast_arrive_in_the_order_they_were_made() {
+    let (addr, _handle) = start(
+        App::new().ws("/order", Broadcaster).unwrap(),
+        ServerConfig::default(),
+    )
+    .await;
+    let mut sender = connect(addr, "/order").await;
+    let mut other = connect(addr, "/order").await;
+    // One batch of several messages, so the replies are held for its end.
+    for n in 0..3 {
+        sender
+            .feed(&Message::text(format!("reply then broadcast {n}")))
+            .unwrap();
+    }
+    within(sender.flush()).await.unwrap();
+    for n in 0..3 {
+        assert_eq!(next_text(&mut sender).await, format!("reply {n}"));
+        assert_eq!(next_text(&mut sender).await, format!("broadcast {n}"));
+        assert_eq!(next_text(&mut other).await, format!("broadcast {n}"));
+    }
 }
