@@ -84,7 +84,8 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Checks the values [`App::serve_on`](crate::App::serve_on) refuses to run with:
     /// `max_connections` and `max_outbound` of 0 (no connection could ever be accepted, or
-    /// every send would meet the backpressure policy), a `resume_ttl` under a second (tokens
+    /// every send would meet the backpressure policy), a backpressure close code that may
+    /// not be sent (1005, 1006, 1015, …), a `resume_ttl` under a second (tokens
     /// carry whole seconds, so each would be born expired), and a duration over a year
     /// ([`MAX_TIMEOUT`]; a year is "never" in practice, and a deadline further ahead may
     /// not be a time the clock can hold). The protocol limits were checked when
@@ -101,6 +102,15 @@ impl ServerConfig {
                     why: "must be at least 1",
                 });
             }
+        }
+        if let BackpressurePolicy::Close(code) = self.backpressure
+            && !code.is_sendable()
+        {
+            return Err(ConfigError::InvalidLimit {
+                name: "backpressure",
+                value: u64::from(code.0),
+                why: "is a close code no endpoint may send (RFC 6455 §7.4): use 1008 or 1013",
+            });
         }
         if self.resume_ttl < Duration::from_secs(1) {
             return Err(ConfigError::InvalidLimit {
@@ -170,7 +180,10 @@ mod tests {
     #[test]
     fn each_unusable_value_is_refused_by_name() {
         type Spoil = fn(&mut ServerConfig);
-        let cases: [(&str, Spoil); 8] = [
+        let cases: [(&str, Spoil); 9] = [
+            ("backpressure", |c| {
+                c.backpressure = BackpressurePolicy::Close(CloseCode::ABNORMAL)
+            }),
             ("max_connections", |c| c.max_connections = 0),
             ("max_outbound", |c| c.max_outbound = 0),
             ("resume_ttl", |c| c.resume_ttl = Duration::from_millis(999)),

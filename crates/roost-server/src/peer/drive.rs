@@ -316,10 +316,12 @@ async fn drive<H: Handler>(
                     peer.core().receive_eof();
                 }
             }
-            Woke::Readable(ok) => {
+            // The socket failed: the connection is lost.
+            Woke::Readable(false) => peer.core().receive_eof(),
+            Woke::Readable(true) => {
                 // A dormant connection stays dormant for control frames (a pong to its
                 // keepalive ping): only a message wakes it up for good.
-                if !ok || peer.read_ready(socket) {
+                if peer.read_ready(socket) {
                     idle.input();
                 }
             }
