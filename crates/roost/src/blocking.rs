@@ -363,7 +363,7 @@ pub fn client_handshake<S: Transport>(
         return Err(if is_timeout(&e) {
             Error::Timeout(HANDSHAKE_LATE)
         } else {
-            Error::Io(e)
+            Error::from(e)
         });
     }
     let mut buf = vec![0; 4096];

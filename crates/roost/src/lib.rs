@@ -115,12 +115,26 @@ macro_rules! from_inner {
 }
 
 from_inner! {
-    std::io::Error => Io,
     ProtocolError => Protocol,
     HandshakeError => Handshake,
     UsageError => Usage,
     #[cfg(feature = "tls")]
     rustls::Error => Tls,
+}
+
+impl From<std::io::Error> for Error {
+    /// [`Error::Io`], or [`Error::Tls`] for the TLS failure an I/O error carries (how rustls
+    /// reports a failed handshake through a stream: an unknown issuer, a name mismatch).
+    fn from(error: std::io::Error) -> Self {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Error::Tls(tls.clone());
+        }
+        Error::Io(error)
+    }
 }
 
 /// Masking keys from a cryptographically secure generator seeded by the OS
