@@ -134,6 +134,9 @@ impl<S: Transport> WebSocket<S> {
     pub fn read(&mut self) -> Result<Option<Message>, Error> {
         loop {
             self.flush()?;
+            // Every pass, not only when a read times out: a peer that keeps sending after our
+            // close must not keep the close timeout from running out.
+            self.connection.on_deadline(Instant::now());
             match self.connection.next_event() {
                 Some(Event::Message(message)) => return Ok(Some(message)),
                 Some(Event::Failed(error)) => return Err(Error::Protocol(error)),

@@ -333,3 +333,54 @@ fn a_silent_tls_server_cannot_hold_a_blocking_handshake() {
     drop(done);
     silent.join().unwrap();
 }
+
+/// A peer that never stops sending: every read gives one more masked text frame, a few
+/// milliseconds apart. Writes go nowhere.
+struct Chatty;
+
+impl io::Read for Chatty {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(5));
+        let frame = masked_text("more");
+        buf[..frame.len()].copy_from_slice(&frame);
+        Ok(frame.len())
+    }
+}
+
+impl io::Write for Chatty {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl blocking::Transport for Chatty {
+    fn set_read_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn shutdown(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_peer_that_keeps_sending_cannot_hold_a_blocking_close_open() {
+    let config = Config::builder()
+        .close_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let mut ws = blocking::WebSocket::server(Chatty, config, Negotiated::default());
+    ws.close(None).unwrap();
+    // 2,000 reads take 10 s; the close timeout ends it after about 20.
+    let mut reads = 0;
+    while ws.read().unwrap().is_some() {
+        reads += 1;
+        assert!(reads < 2_000, "still reading long after the close timeout");
+    }
+    let status = ws.close_status().unwrap();
+    assert!(!status.clean, "{status:?}");
+}
