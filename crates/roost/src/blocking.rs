@@ -31,7 +31,7 @@ use std::{
 
 use http::{HeaderMap, Response, Uri};
 use roost_proto::{
-    CloseFrame, CloseStatus, Config, Connection, Event, Message, Negotiated,
+    CloseFrame, CloseStatus, Config, Connection, Event, Message, Negotiated, UsageError,
     handshake::{self, ClientHandshake, HookResult, RequestReader},
 };
 
@@ -186,8 +186,13 @@ impl<S: Transport> WebSocket<S> {
     }
 
     /// Starts the close handshake; keep calling [`WebSocket::read`] until it returns `None`.
+    /// Once a close was sent, by this call or as the echo of the peer's close, closing again
+    /// only flushes.
     pub fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
-        self.connection.close(frame, Instant::now())?;
+        match self.connection.close(frame, Instant::now()) {
+            Ok(()) | Err(UsageError::SendAfterClose) => {}
+            Err(error) => return Err(Error::Usage(error)),
+        }
         self.flush()
     }
 

@@ -384,3 +384,21 @@ fn a_peer_that_keeps_sending_cannot_hold_a_blocking_close_open() {
     let status = ws.close_status().unwrap();
     assert!(!status.clean, "{status:?}");
 }
+
+#[test]
+fn closing_after_the_peers_close_only_flushes_the_echo() {
+    let close = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8];
+    let transport = Scripted::new(vec![close.to_vec()], |_, len| Ok(len));
+    let mut ws = blocking::WebSocket::server(transport, Config::default(), Negotiated::default());
+    assert!(matches!(ws.read().unwrap(), Some(Message::Close(Some(_)))));
+    // What a loop that answers every close frame does.
+    ws.close(None).unwrap();
+    assert!(ws.read().unwrap().is_none());
+    let status = ws.close_status().unwrap();
+    assert!(
+        status.clean && status.initiator == CloseInitiator::Peer,
+        "{status:?}"
+    );
+    // The echo went out once: the close frame with the peer's code, unmasked.
+    assert_eq!(ws.get_ref().written, [0x88, 0x02, 0x03, 0xe8]);
+}
