@@ -203,9 +203,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// returns `None` to receive the peer's reply.
     ///
     /// Once a close was sent, by this call or as the echo of the peer's close, closing again
-    /// only flushes. A peer that does not take the close frame within the close timeout (its
-    /// receive window stays full) is given up on: the output is dropped, the call returns,
-    /// and the stream ends with [`CloseStatus::clean`] false.
+    /// only flushes. A peer that does not take the close frame (its receive window stays
+    /// full) is given up on once the close timeout has run out twice (the close deadline,
+    /// then the time a finished connection's output may wait): the output is dropped, the
+    /// call returns, and the stream ends with [`CloseStatus::clean`] false.
     pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
         match self.connection.close(frame, Instant::now()) {
             Ok(()) | Err(UsageError::SendAfterClose) => {}

@@ -284,10 +284,10 @@ async fn drive<H: Handler>(
             timer.as_mut().reset(deadline.into());
             armed = Some(deadline);
         }
-        let woke = if armed.is_some_and(|at| at <= now) {
-            // Due already: a socket that is always ready (a peer that floods us after our
-            // close) must not keep the close timeout, the idle timeout or the ping from
-            // their turn, and the timer is polled last.
+        let woke = if close_deadline.is_some_and(|at| at <= now) {
+            // The close timeout is over: a socket that is always ready (a peer that floods
+            // us after our close) must not keep it from its turn, and the timer is polled
+            // last. Handling it ends the connection, so this cannot come round again.
             Woke::Timer
         } else {
             std::future::poll_fn(|cx| {
