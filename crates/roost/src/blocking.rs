@@ -135,8 +135,11 @@ impl<S: Transport> WebSocket<S> {
         loop {
             self.flush()?;
             // Every pass, not only when a read times out: a peer that keeps sending after our
-            // close must not keep the close timeout from running out.
-            self.connection.on_deadline(Instant::now());
+            // close must not keep the close timeout from running out. The clock is read only
+            // while there is a deadline, not for every message of an open connection.
+            if self.connection.next_deadline().is_some() {
+                self.connection.on_deadline(Instant::now());
+            }
             match self.connection.next_event() {
                 Some(Event::Message(message)) => return Ok(Some(message)),
                 Some(Event::Failed(error)) => return Err(Error::Protocol(error)),

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use roost::Config;
+use roost::{Config, proto::MAX_TIMEOUT};
 use tokio::net::{TcpSocket, TcpStream};
 use tracing::{debug, info};
 
@@ -116,22 +116,22 @@ impl From<Backpressure> for roost_server::BackpressurePolicy {
 
 /// A number of seconds from 0 to a year, for the timing flags.
 fn seconds(text: &str) -> Result<f64, String> {
-    const YEAR: f64 = 86_400.0 * 365.0;
+    let year = MAX_TIMEOUT.as_secs_f64();
     match text.parse::<f64>() {
-        Ok(seconds) if (0.0..=YEAR).contains(&seconds) => Ok(seconds),
+        Ok(seconds) if (0.0..=year).contains(&seconds) => Ok(seconds),
         _ => Err(format!(
-            "expected a number of seconds from 0 to {YEAR} (a year)"
+            "expected a number of seconds from 0 to {year} (a year)"
         )),
     }
 }
 
 /// A whole number of seconds from 1 to a year, for `--resume-ttl`.
 fn whole_seconds(text: &str) -> Result<u64, String> {
-    const YEAR: u64 = 86_400 * 365;
+    let year = MAX_TIMEOUT.as_secs();
     match text.parse::<u64>() {
-        Ok(seconds) if (1..=YEAR).contains(&seconds) => Ok(seconds),
+        Ok(seconds) if (1..=year).contains(&seconds) => Ok(seconds),
         _ => Err(format!(
-            "expected a whole number of seconds from 1 to {YEAR} (a year)"
+            "expected a whole number of seconds from 1 to {year} (a year)"
         )),
     }
 }
@@ -363,8 +363,9 @@ where
     .await;
 }
 
-/// An idle timeout that never comes (a year: far, and no overflow when added to an instant).
-const FOREVER: Duration = Duration::from_secs(86_400 * 365);
+/// An idle timeout that never comes: the longest the server takes (a year: far, and no
+/// overflow when added to an instant).
+const FOREVER: Duration = MAX_TIMEOUT;
 
 /// When a connection whose last frame came at `last` goes idle.
 fn deadline(last: Instant, idle: Duration) -> tokio::time::Instant {
